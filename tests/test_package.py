@@ -1,0 +1,62 @@
+"""Package-level behaviour: info is honest, and the import survives a missing compiled part."""
+
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+import vidmem_ext
+from vidmem_ext import _backend
+
+
+def test_info_reports_versions_and_build():
+    out = subprocess.run(
+        [sys.executable, "-m", "vidmem_ext", "info"], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"vidmem_ext {vidmem_ext.__version__}" in out
+    assert f"torch {torch.__version__}" in out
+    assert ("compiled CPU kernels: yes" in out) == _backend.compiled()
+    assert ("compiled CUDA kernels: yes" in out) == _backend.cuda_compiled()
+    for op, devices in _backend.fallbacks().items():
+        line = next(line for line in out.splitlines() if line.strip().startswith(f"{op}:"))
+        assert ("fallback" in line) == bool(devices)
+
+
+def test_fallbacks_agree_with_the_dispatcher():
+    for op, devices in _backend.fallbacks().items():
+        for kernel in _backend.OP_KERNELS[op]:
+            if "cpu" not in devices:
+                assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vidmem_ext::{kernel}", "CPU")
+
+
+def test_import_without_compiled_part(tmp_path):
+    # Copy the pure-Python package without _C and check that it imports and says so.
+    import shutil
+
+    pkg = tmp_path / "vidmem_ext"
+    shutil.copytree(vidmem_ext.__path__[0], pkg, ignore=shutil.ignore_patterns("_C*.so", "_C*.pyd", "__pycache__"))
+    code = textwrap.dedent(
+        """
+        import vidmem_ext
+        from vidmem_ext import _backend, cli
+        assert not _backend.compiled(), _backend.LOAD_ERROR
+        text = "\\n".join(cli.info_lines())
+        assert "compiled CPU kernels: no" in text, text
+        assert all("cpu" in d for d in _backend.fallbacks().values())
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_lazy_attributes():
+    assert vidmem_ext.token_budget.multi_term_memory_patchification is vidmem_ext.multi_term_memory_patchification
+    try:
+        vidmem_ext.does_not_exist  # noqa: B018
+    except AttributeError as exc:
+        assert "does_not_exist" in str(exc)
+    else:
+        raise AssertionError("missing attribute did not raise")

@@ -1,0 +1,41 @@
+"""vidmem_ext: temporal-memory operations for video diffusion models.
+
+- temporal_momentum: an EMA over frames (ZS² temporal momentum attention), fused CPU/CUDA kernels.
+- dependency_noise / dependency_noise_step: ZS² correlated per-frame Gaussian noise.
+- token_budget.multi_term_memory_patchification: token counts of multi-term memory patchification.
+
+Names are imported lazily so that `import vidmem_ext.token_budget` (standard
+library only) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ._version import __version__
+
+# public name -> submodule that defines it
+_LAZY = {
+    "MemoryTerm": "token_budget",
+    "multi_term_memory_patchification": "token_budget",
+    "temporal_momentum": "momentum",
+    "dependency_noise": "noise",
+    "dependency_noise_step": "noise",
+    "reference": None,
+    "token_budget": None,
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'vidmem_ext' has no attribute {name!r}")
+    module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
+    value = module if _LAZY[name] is None else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
