@@ -30,24 +30,29 @@ def test_fallbacks_agree_with_the_dispatcher():
                 assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vidmem_ext::{kernel}", "CPU")
 
 
-def test_import_without_compiled_part(tmp_path):
-    # Copy the pure-Python package without _C and check that it imports and says so.
-    import shutil
-
-    pkg = tmp_path / "vidmem_ext"
-    shutil.copytree(vidmem_ext.__path__[0], pkg, ignore=shutil.ignore_patterns("_C*.so", "_C*.pyd", "__pycache__"))
+def test_import_without_compiled_part():
+    # Make `vidmem_ext._C` unimportable in a fresh interpreter and check that the package still imports,
+    # that info says so, and that every op is listed as falling back on the CPU.
     code = textwrap.dedent(
         """
+        import sys
+
+        class NoCompiledPart:
+            def find_spec(self, name, path=None, target=None):
+                if name == "vidmem_ext._C":
+                    raise ImportError("simulated: vidmem_ext._C was not built")
+
+        sys.meta_path.insert(0, NoCompiledPart())
         import vidmem_ext
         from vidmem_ext import _backend, cli
-        assert not _backend.compiled(), _backend.LOAD_ERROR
+        assert not _backend.compiled()
         text = "\\n".join(cli.info_lines())
-        assert "compiled CPU kernels: no" in text, text
+        assert "compiled CPU kernels: no (ImportError: simulated" in text, text
         assert all("cpu" in d for d in _backend.fallbacks().values())
         print("ok")
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 

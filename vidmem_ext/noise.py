@@ -1,0 +1,190 @@
+"""Dependency noise: ZS²'s correlated per-frame Gaussian noise (SEMANTICS.md section 2).
+
+Front end of torch.ops.vidmem_ext.dependency_noise_fill_ (the fused generator)
+and torch.ops.vidmem_ext.dependency_noise_step (the deterministic core on given
+candidates): argument checks, randomness plumbing and fake kernels. Kernels:
+csrc/cpu/dependency_noise.cpp and csrc/cuda/dependency_noise.cu; references:
+vidmem_ext.reference.dependency_noise / dependency_noise_step.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from . import _backend, reference
+
+__all__ = ["dependency_noise", "dependency_noise_step"]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_lambda(lambda_i) -> float:
+    if isinstance(lambda_i, bool) or not isinstance(lambda_i, numbers.Real):
+        raise TypeError(f"lambda_i must be a float >= 0, got {type(lambda_i).__name__}")
+    value = float(lambda_i)
+    if math.isnan(value) or math.isinf(value) or value < 0:
+        raise ValueError(f"lambda_i must be a finite float >= 0, got {value}")
+    return value
+
+
+def _check_count(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _philox_seed_offset(generator, seed, device: torch.device, num_streams: int) -> tuple[int, int]:
+    """Key and first counter of the Philox stream that the fused kernels read.
+
+    seed=int keys the stream by that integer (the same noise on CPU and CUDA).
+    Otherwise the torch generator (or the device's default one) provides it:
+    on CUDA its Philox seed and offset, advanced past what this call uses; on
+    the CPU a 63-bit key drawn from it. Either way torch.manual_seed reproduces
+    a result and successive calls differ.
+    """
+    if seed is not None:
+        return int(seed) & ((1 << 64) - 1), 0
+    if device.type == "cuda":
+        gen = generator if generator is not None else torch.cuda.default_generators[device.index or 0]
+        offset = gen.get_offset()
+        gen.set_offset(offset + 4 * ((num_streams + 3) // 4))  # torch keeps offsets a multiple of 4
+        return gen.initial_seed(), offset
+    key = torch.randint(0, 2**63 - 1, (1,), generator=generator, dtype=torch.int64)
+    return int(key.item()), 0
+
+
+def dependency_noise(
+    shape,
+    lambda_i: float = 0.01,
+    random_search_times: int = 10,
+    linear_search_times: int = 15,
+    *,
+    frame_dim: int = 1,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    device=None,
+    dtype: torch.dtype | None = None,
+    return_alphas: bool = False,
+):
+    """Correlated per-frame Gaussian noise: frame 0 ~ N(0, I), each later frame chosen from the previous.
+
+    Args:
+        shape: output shape; axis 0 is the batch, `frame_dim` the frames
+            (1: (B, F, ...) as in the paper; 2: (B, C, F, H, W) as diffusers lays out video latents).
+        lambda_i: target of mean(exp(p) * (p - n)); 0 keeps frames (nearly) identical,
+            large values give independent frames. Finite, >= 0.
+        random_search_times: candidates drawn per frame (>= 1).
+        linear_search_times: line-search steps on alpha (>= 0).
+        generator: torch generator to draw from (default: the device's default generator).
+        seed: instead of a generator, key a counter-based Philox4x32-10 stream
+            with this int: the same seed gives the same noise on CPU and CUDA.
+        device, dtype: of the output (dtype defaults to torch's default float;
+            fp16/bf16/fp32 compute in fp32, fp64 in fp64).
+        return_alphas: also return alpha per (batch, frame), shape (B, F) (0 for frame 0).
+
+    The fused kernels never draw the R candidates: they draw the candidates'
+    statistics as scalars and then the winner conditioned on its statistic,
+    which has exactly the literal algorithm's distribution (SEMANTICS.md).
+    """
+    if isinstance(shape, torch.Size | tuple | list):
+        shape = [_check_count(s, "shape entries", 0) for s in shape]
+    else:
+        raise TypeError(f"shape must be a list or tuple of ints, got {type(shape).__name__}")
+    if len(shape) < 2:
+        raise ValueError(f"shape must have at least 2 dims (batch and frames), got {shape}")
+    lambda_i = _check_lambda(lambda_i)
+    random_search_times = _check_count(random_search_times, "random_search_times", 1)
+    linear_search_times = _check_count(linear_search_times, "linear_search_times", 0)
+    if isinstance(frame_dim, bool) or not isinstance(frame_dim, int):
+        raise TypeError(f"frame_dim must be an int, got {type(frame_dim).__name__}")
+    if not -len(shape) <= frame_dim < len(shape) or frame_dim % len(shape) == 0:
+        raise ValueError(
+            f"frame_dim must index a non-batch axis of a {len(shape)}-dim shape (1..{len(shape) - 1}), got {frame_dim}"
+        )
+    frame_dim %= len(shape)
+    if seed is not None:
+        if generator is not None:
+            raise ValueError("pass either generator or seed, not both")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    dtype = dtype or torch.get_default_dtype()
+    if dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype}")
+    device = (
+        torch.device(device)
+        if device is not None
+        else (generator.device if generator is not None else torch.device("cpu"))
+    )
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+
+    if _backend.use_kernel("dependency_noise", device):
+        out = torch.empty(shape, dtype=dtype, device=device)
+        key, offset = _philox_seed_offset(generator, seed, device, 2 * shape[0])
+        alphas = torch.ops.vidmem_ext.dependency_noise_fill_(
+            out, lambda_i, random_search_times, linear_search_times, frame_dim, key, offset
+        )
+    else:
+        if seed is not None:
+            generator = torch.Generator(device=device).manual_seed(int(seed) & ((1 << 63) - 1))
+        out, alphas = reference.dependency_noise(
+            shape, lambda_i, random_search_times, linear_search_times,
+            frame_dim=frame_dim, generator=generator, device=device, dtype=dtype, return_alphas=True,
+        )  # fmt: skip
+    return (out, alphas) if return_alphas else out
+
+
+def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i: float, linear_search_times: int = 15):
+    """One dependency-noise step on given candidates: the deterministic core of the generator.
+
+    prev: (B, ...) the previous frame; candidates: (R, B, ...) the random-search
+    candidates. Returns (frame (B, ...) in prev's dtype, alpha (B,), index (B,)
+    int64): the first candidate with the smallest error, then the line search on
+    alpha, exactly as SEMANTICS.md section 2 (alpha clamped to [0, 1]).
+    """
+    if not isinstance(prev, torch.Tensor) or not isinstance(candidates, torch.Tensor):
+        raise TypeError("prev and candidates must be tensors")
+    if prev.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"prev must be a floating tensor, got {prev.dtype}")
+    if candidates.dtype != prev.dtype:
+        raise ValueError(f"candidates dtype {candidates.dtype} differs from prev dtype {prev.dtype}")
+    if candidates.device != prev.device:
+        raise ValueError(f"candidates are on {candidates.device} but prev is on {prev.device}")
+    if prev.dim() < 1:
+        raise ValueError("prev must have a batch axis: shape (B, ...)")
+    if candidates.dim() != prev.dim() + 1 or candidates.shape[1:] != prev.shape:
+        raise ValueError(
+            f"candidates must have shape (R, *prev.shape) = (R, {', '.join(map(str, prev.shape))}), "
+            f"got {tuple(candidates.shape)}"
+        )
+    if candidates.shape[0] < 1:
+        raise ValueError("candidates must hold at least one candidate (R >= 1)")
+    lambda_i = _check_lambda(lambda_i)
+    linear_search_times = _check_count(linear_search_times, "linear_search_times", 0)
+    if _backend.use_kernel("dependency_noise_step", prev.device):
+        return torch.ops.vidmem_ext.dependency_noise_step(prev, candidates, lambda_i, linear_search_times)
+    return reference.dependency_noise_step(prev, candidates, lambda_i, linear_search_times)
+
+
+# --------------------------------------------------------------------------- torch.library registrations
+
+if _backend.compiled():
+
+    @torch.library.register_fake("vidmem_ext::dependency_noise_step")
+    def _step_fake(prev, candidates, lambda_i, linear_search_times):
+        batch = prev.shape[0]
+        alpha = prev.new_empty((batch,), dtype=_acc_dtype(prev.dtype))
+        return torch.empty_like(prev), alpha, prev.new_empty((batch,), dtype=torch.int64)
+
+    @torch.library.register_fake("vidmem_ext::dependency_noise_fill_")
+    def _fill_fake(out, lambda_i, random_search_times, linear_search_times, frame_dim, seed, offset):
+        return out.new_empty((out.shape[0], out.shape[frame_dim]), dtype=_acc_dtype(out.dtype))

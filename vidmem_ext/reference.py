@@ -1,0 +1,179 @@
+"""Plain PyTorch references for every vidmem_ext op (SEMANTICS.md sections 1 and 2).
+
+These are written for clarity, not speed. They are what the kernels are tested
+against, and what the ops fall back to when the compiled part is missing. All
+are differentiable by autograd where the op is.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+__all__ = [
+    "temporal_momentum_loop",
+    "temporal_momentum_matrix",
+    "momentum_matrix",
+    "dependency_noise_step",
+    "dependency_noise",
+]
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half types accumulate in fp32; fp32 and fp64 stay as they are."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+# --------------------------------------------------------------------------- temporal momentum
+
+
+def temporal_momentum_loop(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: torch.Tensor | None = None):
+    """The EMA over frames, one frame at a time.
+
+    y_0 = m * s + (1 - m) * x_0, where s = initial if given, else s = x_0 (so y_0 = x_0);
+    y_t = m * y_{t-1} + (1 - m) * x_t.
+
+    `momentum` is a float or a tensor broadcastable to one frame slice
+    (x.select(dim, 0).shape). Half types accumulate in fp32.
+    """
+    acc = _acc_dtype(x.dtype)
+    frames = x.movedim(dim, 0).to(acc)
+    m = momentum.to(acc) if isinstance(momentum, torch.Tensor) else momentum
+    if frames.shape[0] == 0:
+        return x.clone()
+    prev = None if initial is None else initial.to(acc)
+    out = []
+    for t in range(frames.shape[0]):
+        prev = frames[0] if (t == 0 and prev is None) else m * prev + (1 - m) * frames[t]
+        out.append(prev)
+    return torch.stack(out, 0).movedim(0, dim).to(x.dtype)
+
+
+def momentum_matrix(num_frames: int, momentum, dtype=torch.float64, device=None) -> torch.Tensor:
+    """U[i, j] = m^(i - j) for j <= i, else 0 (float momentum): the EMA's weights on x'."""
+    i = torch.arange(num_frames, device=device)
+    lag = (i[:, None] - i[None, :]).to(dtype)
+    return torch.where(lag >= 0, torch.as_tensor(momentum, dtype=dtype, device=device) ** lag.clamp(min=0), 0)
+
+
+def temporal_momentum_matrix(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: torch.Tensor | None = None):
+    """The corrected matrix form of the seed's "efficient" version: y = U @ x' along frames.
+
+    x'_0 = x_0 (or m * initial + (1 - m) * x_0 with an initial state) and
+    x'_t = (1 - m) * x_t. The seed's einsum("ff, fbnc -> fbnc") takes U's
+    diagonal and returns x' unchanged; the contraction meant is "g f, f ... -> g ...".
+    A momentum tensor gives one U per frame-slice element.
+    """
+    acc = _acc_dtype(x.dtype)
+    frames = x.movedim(dim, 0).to(acc)  # (F, ...)
+    n = frames.shape[0]
+    if n == 0:
+        return x.clone()
+    if isinstance(momentum, torch.Tensor):
+        m = momentum.to(acc).expand(frames.shape[1:])  # (...)
+        first = frames[0] if initial is None else m * initial.to(acc) + (1 - m) * frames[0]
+        scaled = torch.cat([first[None], (1 - m) * frames[1:]], 0)
+        i = torch.arange(n, device=x.device)
+        lag = (i[:, None] - i[None, :]).to(acc)  # (F, F)
+        lag = lag.reshape(n, n, *([1] * m.dim()))
+        u = torch.where(lag >= 0, m.unsqueeze(0).unsqueeze(0) ** lag.clamp(min=0), 0)  # (F, F, ...)
+        y = (u * scaled.unsqueeze(0)).sum(1)
+    else:
+        m = float(momentum)
+        first = frames[0] if initial is None else m * initial.to(acc) + (1 - m) * frames[0]
+        scaled = torch.cat([first[None], (1 - m) * frames[1:]], 0)
+        u = momentum_matrix(n, m, dtype=acc, device=x.device)
+        flat = rearrange(scaled, "f ... -> f (...)")
+        y = torch.einsum("gf,fk->gk", u, flat).reshape(scaled.shape)
+    return y.movedim(0, dim).to(x.dtype)
+
+
+# --------------------------------------------------------------------------- dependency noise
+
+
+def _frame_error(noise: torch.Tensor, prev: torch.Tensor, lambda_i: float) -> torch.Tensor:
+    """err(n) = | mean(kl_div(n, p, log_target=True)) - lambda |, one per batch item.
+
+    kl_div with log_target=True is exp(p) * (p - n) elementwise.
+    """
+    kl = F.kl_div(noise, prev, reduction="none", log_target=True)
+    return (kl.flatten(1).mean(1) - lambda_i).abs()
+
+
+def _compose(prev: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    a = alpha.reshape(-1, *([1] * (prev.dim() - 1)))
+    return torch.sqrt(a) * prev + torch.sqrt(1 - a) * noise
+
+
+def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i: float, linear_search_times: int = 15):
+    """One step of the dependency noise model on given candidates, literally as SEMANTICS.md reads.
+
+    prev: (B, ...); candidates: (R, B, ...). Returns (frame (B, ...), alpha (B,), index (B,) int64).
+    Half inputs are computed in fp32; the frame has prev's dtype.
+    """
+    acc = _acc_dtype(prev.dtype)
+    p = prev.to(acc)
+    cands = candidates.to(acc)
+    batch = p.shape[0]
+    bound = torch.full((batch,), float("inf"), dtype=acc, device=p.device)
+    index = torch.zeros(batch, dtype=torch.int64, device=p.device)
+    for k in range(cands.shape[0]):  # random search: the first candidate with the smallest error
+        err = _frame_error(cands[k], p, lambda_i)
+        better = err < bound
+        index = torch.where(better, k, index)
+        bound = torch.where(better, err, bound)
+    chosen = cands[index, torch.arange(batch, device=p.device)]
+
+    alpha = torch.full((batch,), 0.1, dtype=acc, device=p.device)
+    step = torch.full_like(alpha, 0.1)
+    best = torch.zeros_like(alpha)
+    for _ in range(linear_search_times):  # line search on alpha, clamped to [0, 1]
+        a = alpha.clamp(0, 1)
+        err = _frame_error(_compose(p, chosen, a), p, lambda_i)
+        ok = err <= bound
+        bound = torch.where(ok, err, bound)
+        best = torch.where(ok, a, best)
+        alpha = torch.where(ok, alpha + step, alpha - 0.8 * step)
+        step = torch.where(ok, step, 0.2 * step)
+    return _compose(p, chosen, best).to(prev.dtype), best, index
+
+
+def dependency_noise(
+    shape,
+    lambda_i: float = 0.01,
+    random_search_times: int = 10,
+    linear_search_times: int = 15,
+    *,
+    frame_dim: int = 1,
+    generator: torch.Generator | None = None,
+    device=None,
+    dtype=None,
+    return_alphas: bool = False,
+):
+    """The eager per-frame algorithm: frame 0 ~ N(0, I); each later frame from R drawn candidates.
+
+    Returns noise of `shape` (batch axis 0, frames along frame_dim) and, with
+    return_alphas, the chosen alpha per (batch, frame) (0 for frame 0, which is
+    independent noise).
+    """
+    shape = list(shape)
+    dtype = dtype or torch.get_default_dtype()
+    acc = _acc_dtype(dtype)
+    frame_dim = frame_dim % len(shape)
+    num_frames = shape[frame_dim]
+    frame_shape = shape[:frame_dim] + shape[frame_dim + 1 :]
+    if num_frames == 0:
+        noise = torch.empty(shape, device=device, dtype=dtype)
+        return (noise, torch.zeros(shape[0], 0, device=device, dtype=acc)) if return_alphas else noise
+    frames = [torch.randn(frame_shape, generator=generator, device=device, dtype=acc)]
+    alphas = [torch.zeros(shape[0], dtype=acc, device=device)]
+    for _ in range(1, num_frames):
+        candidates = torch.randn([random_search_times, *frame_shape], generator=generator, device=device, dtype=acc)
+        frame, alpha, _ = dependency_noise_step(frames[-1], candidates, lambda_i, linear_search_times)
+        frames.append(frame)
+        alphas.append(alpha)
+    noise = torch.stack(frames, frame_dim).to(dtype)
+    if return_alphas:
+        return noise, torch.stack(alphas, 1)
+    return noise
