@@ -2,11 +2,13 @@
 
 Run with torchrun, one process per rank (gloo on CPU, nccl on GPUs):
 
-    torchrun --nproc_per_node 2 benchmarks/dist_momentum.py                  # 128 frames, slice 1x1024x320, fp32
+    torchrun --nproc_per_node 2 benchmarks/dist_momentum.py                  # 128 frames, slice 2x256x64, fp32
     torchrun --nproc_per_node 4 benchmarks/dist_momentum.py --frames 256 --slice 2,1024,64 --dtype bfloat16
     torchrun --nproc_per_node 2 benchmarks/dist_momentum.py --quick          # small and fast
+    torchrun --nproc_per_node 3 benchmarks/dist_momentum.py --split 60,0,68  # uneven blocks, one empty
 
-Each rank holds frames/N frames (the remainder goes to the last ranks). Reported
+Each rank holds frames/N frames (the remainder goes to the last ranks), or the blocks
+given by --split. Reported
 per call, as the median over repeats of the slowest rank:
 - distributed: vidmem_ext.distributed.temporal_momentum, forward and forward+backward;
 - local only: the single-process op on this rank's block alone (no exchange, not the
@@ -78,7 +80,8 @@ def check_against_single_process(device, dtype, slice_shape, world, rank):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=128, help="frames of the whole video (default 128)")
-    parser.add_argument("--slice", default="1,1024,320", help="frame-slice shape, e.g. batch,tokens,channels")
+    parser.add_argument("--split", default=None, help="frames per rank, e.g. 60,0,68 (overrides --frames)")
+    parser.add_argument("--slice", default="2,256,64", help="frame-slice shape, e.g. batch,tokens,channels")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--momentum", type=float, default=0.98)
     parser.add_argument("--repeats", type=int, default=10)
@@ -102,6 +105,11 @@ def main():
         check_error = check_against_single_process(device, torch.float64, slice_shape[-1:], world, rank)
 
         sizes = block_sizes(args.frames, world)
+        if args.split:
+            sizes = [int(s) for s in args.split.split(",")]
+            if len(sizes) != world or min(sizes) < 0:
+                raise SystemExit(f"--split needs {world} non-negative block sizes, got {args.split}")
+            args.frames = sum(sizes)
         x = torch.randn(sizes[rank], *slice_shape, device=device, dtype=dtype)
         grad_out = torch.randn_like(x)
         x_grad = x.clone().requires_grad_(True)
@@ -147,7 +155,12 @@ def main():
 
     esize = torch.empty((), dtype=dtype).element_size()
     naive_bytes = world * max(sizes) * torch.Size(slice_shape).numel() * esize
-    common = {"world": world, "frames": args.frames, "block": max(sizes), "slice": "x".join(map(str, slice_shape))}
+    common = {
+        "world": world,
+        "frames": args.frames,
+        "blocks": ",".join(map(str, sizes)),
+        "slice": "x".join(map(str, slice_shape)),
+    }
     rows = [
         {
             **common,
@@ -184,7 +197,7 @@ def main():
             "fwd_received_B": naive_bytes,
         },
     ]
-    columns = ["method", "world", "frames", "block", "slice", "fwd_ms", "fwd_bwd_ms", "bwd_ms"]
+    columns = ["method", "world", "frames", "blocks", "slice", "fwd_ms", "fwd_bwd_ms", "bwd_ms"]
     columns += ["fwd_vs_local", "fwd_bwd_vs_local", "fwd_sent_B", "fwd_received_B", "bwd_sent_B", "bwd_received_B"]
     local_op = "Python reference fallback" if device.type in _backend.fallbacks()["temporal_momentum"] else "kernel"
     notes = (
