@@ -92,7 +92,6 @@ def main():
     if args.quick:
         args.frames, args.slice, args.repeats = 32, "1,256,64", 5
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
     backend = args.backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

@@ -272,8 +272,7 @@ def _subgroup_cases(rank, world):
 
 
 def _worker(rank: int, world: int, store_path: str, out_dir: str):
-    warnings.filterwarnings("ignore", category=RuntimeWarning)  # the Python fallback's notice, if no kernels
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*slow Python reference", category=RuntimeWarning)  # no kernels yet
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"file://{store_path}", rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT
@@ -303,15 +302,24 @@ def _worker(rank: int, world: int, store_path: str, out_dir: str):
         dist.destroy_process_group()
 
 
+_GROUPS: dict[int, tuple] = {}  # world -> (spawn context, output dir), started together
 _RESULTS: dict[int, dict[int, list[dict]]] = {}
 
 
-def _run_group(world: int, tmp_dir) -> dict[int, list[dict]]:
+def _start_groups(tmp_path_factory):
+    """Start the 2- and 3-process groups at once: their start-ups (importing torch) and waits overlap."""
+    for world in SPLITS:
+        if world not in _GROUPS:
+            out_dir = str(tmp_path_factory.mktemp(f"gloo{world}"))
+            store = os.path.join(out_dir, "store")
+            context = mp.spawn(_worker, args=(world, store, out_dir), nprocs=world, join=False)
+            _GROUPS[world] = (context, out_dir, time.monotonic() + SPAWN_TIMEOUT_S)
+
+
+def _join_group(world: int) -> dict[int, list[dict]]:
     if world in _RESULTS:
         return _RESULTS[world]
-    store = os.path.join(tmp_dir, "store")
-    context = mp.spawn(_worker, args=(world, store, str(tmp_dir)), nprocs=world, join=False)
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    context, out_dir, deadline = _GROUPS[world]
     try:
         while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
             if time.monotonic() > deadline:
@@ -323,16 +331,27 @@ def _run_group(world: int, tmp_dir) -> dict[int, list[dict]]:
                 process.join(5)
     results = {}
     for rank in range(world):
-        with open(os.path.join(tmp_dir, f"rank{rank}.json")) as f:
+        with open(os.path.join(out_dir, f"rank{rank}.json")) as f:
             results[rank] = json.load(f)
     _RESULTS[world] = results
     return results
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"world{w}")
+@pytest.fixture(scope="module", params=sorted(SPLITS), ids=lambda w: f"world{w}")
 def group_results(request, tmp_path_factory):
-    world = request.param
-    return world, _run_group(world, tmp_path_factory.mktemp(f"gloo{world}"))
+    _start_groups(tmp_path_factory)
+    return request.param, _join_group(request.param)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_process_left_behind():
+    """If a run stops early (e.g. -x), end the workers this module started and never joined."""
+    yield
+    for context, _, _ in _GROUPS.values():
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
 
 
 def _check(results, kinds, minimum):
