@@ -77,6 +77,10 @@ def test_forward_matches_reference_and_token_budget(terms, height, width, batch,
     assert_close_to(tokens, expected_tokens, torch.float64)
     assert torch.equal(positions, expected_positions)
 
+    with torch.no_grad():  # inference writes straight into one buffer instead of concatenating
+        inference_tokens, _ = packer(history)
+    assert_close_to(inference_tokens, expected_tokens, torch.float64)
+
     budget = multi_term_memory_patchification(terms, height, width)
     assert packer.token_counts(height, width) == budget["tokens_per_term"]
     assert tokens.shape == (batch, budget["total_tokens"], embed_dim)
@@ -104,6 +108,26 @@ def test_low_precision_against_float64_reference(dtype):
     expected, _ = reference(packer, history)
     tokens, _ = packer.to(dtype)(history.to(dtype))
     assert_close_to(tokens, expected, dtype)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_without_bias(grad):
+    torch.manual_seed(11)
+    packer = MultiTermMemoryPacker([term(3, 2, 2, 2), term(2, 1, 1, 1)], 3, 4, bias=False, dtype=torch.float64)
+    history = torch.randn(3, 3, 5, 6, 7, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        tokens, _ = packer(history)
+    assert all(p.bias is None for p in packer.projections)
+    assert_close_to(tokens, reference(packer, history)[0], torch.float64)
+
+
+def test_autocast_runs_the_products_in_low_precision():
+    torch.manual_seed(12)
+    packer = MultiTermMemoryPacker([term(4, 2, 2, 2), term(1, 1, 1, 2)], 4, 8)
+    history = torch.randn(2, 4, 5, 8, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        tokens, _ = packer(history)
+    assert_close_to(tokens, reference(packer.double(), history.double())[0], torch.bfloat16)
 
 
 def test_positions_are_kernel_window_centres():
@@ -143,6 +167,8 @@ def test_hooked_or_wrapped_projections_run_their_own_forward():
     plain, _ = packer(history)
     handle = packer.projections[0].register_forward_hook(lambda module, args, out: 2 * out)
     hooked, _ = packer(history)
+    with torch.no_grad():
+        assert torch.equal(packer(history)[0], hooked)
     handle.remove()
     n0 = packer.token_counts(4, 4)[0]
     assert torch.allclose(hooked[:, :n0], 2 * plain[:, :n0], atol=1e-6) and torch.equal(hooked[:, n0:], plain[:, n0:])
@@ -154,7 +180,8 @@ def test_hooked_or_wrapped_projections_run_their_own_forward():
     wrapped = ScaledConv3d(2, 3, 1, stride=1)
     wrapped.load_state_dict(packer.projections[1].state_dict())
     packer.projections[1] = wrapped
-    scaled, _ = packer(history)
+    with torch.no_grad():
+        scaled, _ = packer(history)
     assert torch.allclose(scaled[:, n0:], 3 * plain[:, n0:], atol=1e-6) and torch.equal(scaled[:, :n0], plain[:, :n0])
 
 
@@ -192,14 +219,17 @@ def test_gradients_match_reference():
     assert torch.autograd.gradcheck(lambda h: small(h)[0], (x,))
 
 
-def test_compiles_without_graph_breaks():
+@pytest.mark.parametrize("grad", [True, False])
+def test_compiles_without_graph_breaks(grad):
     torch.manual_seed(4)
     packer = MultiTermMemoryPacker([term(5, 4, 2, 2), term(2, 1, 1, 2)], 2, 4)
-    history = torch.randn(1, 2, 7, 9, 10)
+    history = torch.randn(2, 2, 7, 9, 10)
     compiled = torch.compile(packer, fullgraph=True, backend="aot_eager")
-    tokens, positions = compiled(history)
-    expected_tokens, expected_positions = packer(history)
-    assert torch.allclose(tokens, expected_tokens, atol=1e-6) and torch.equal(positions, expected_positions)
+    with torch.set_grad_enabled(grad):
+        tokens, positions = compiled(history)
+        expected_tokens, expected_positions = reference(packer, history)
+    assert torch.allclose(tokens, expected_tokens, atol=1e-5) and torch.equal(positions, expected_positions)
+    assert tokens.requires_grad == grad
 
 
 @pytest.mark.parametrize(

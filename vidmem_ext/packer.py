@@ -75,6 +75,19 @@ def _pad_to_kernel(x: torch.Tensor, kernel: tuple[int, int, int]) -> torch.Tenso
     return F.pad(x, (0, pad_w, 0, pad_h, 0, pad_t), mode="replicate")
 
 
+def _windows(frames: torch.Tensor, kernel: tuple[int, int, int]) -> torch.Tensor:
+    """(B, t*h*w, C*kt*kh*kw): the padded term's non-overlapping kernel windows, one per row.
+
+    kernel == stride, so the Conv3d is one matrix product of these rows with its weight
+    flattened in the same (C, kt, kh, kw) order.
+    """
+    padded = _pad_to_kernel(frames, kernel)
+    batch, channels = padded.shape[:2]
+    (kt, kh, kw), (t, h, w) = kernel, (n // k for n, k in zip(padded.shape[2:], kernel))
+    windows = padded.reshape(batch, channels, t, kt, h, kh, w, kw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+    return windows.reshape(batch, t * h * w, channels * kt * kh * kw)
+
+
 def _is_plain_conv3d(module: nn.Module) -> bool:
     """True when computing module's convolution from its weight is exactly what calling it would do."""
     return (
@@ -150,33 +163,48 @@ class MultiTermMemoryPacker(nn.Module):
 
     def forward(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_history(history)
-        batch, channels, _, height, width = history.shape
-        tokens = []
-        first_frame = 0
-        for term, proj in zip(self.terms, self.projections):
+        batch, _, _, height, width = history.shape
+        counts = self.token_counts(height, width)
+        # Without autograd or autocast every term writes straight into one token buffer: no concat copy, so
+        # inference peaks at about half the memory. Otherwise out-of-place products and one concat.
+        needs_graph = torch.is_grad_enabled() and (
+            history.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
+        direct = not needs_graph and not torch.is_autocast_enabled(history.device.type)
+        tokens = history.new_empty(batch, sum(counts), self.embed_dim) if direct else None
+        pieces = []
+        first_frame = first_token = 0
+        for term, proj, count in zip(self.terms, self.projections, counts):
             frames = history.narrow(2, first_frame, term.num_latent_frames)
             first_frame += term.num_latent_frames
-            grid = term_grid(term, height, width)
-            if 0 in grid:  # no frames or an empty latent: no tokens, nothing to pad or embed
+            if count == 0:  # no frames or an empty latent: nothing to pad or embed
                 continue
-            kernel = memory_term_kernel(term)
-            padded = _pad_to_kernel(frames, kernel)
-            if not _is_plain_conv3d(proj):  # e.g. a LoRA wrapper or a hooked module: run its own forward
-                tokens.append(proj(padded).flatten(2).transpose(1, 2))
-                continue
-            # kernel == stride, so the convolution is one matrix product over non-overlapping windows:
-            # (B, C, t*kt, h*kh, w*kw) -> (B*t*h*w, C*kt*kh*kw), in the Conv3d weight's (C, kt, kh, kw) order.
-            (t, h, w), (kt, kh, kw) = grid, kernel
-            windows = padded.reshape(batch, channels, t, kt, h, kh, w, kw).permute(0, 2, 4, 6, 1, 3, 5, 7)
-            windows = windows.reshape(batch * t * h * w, channels * kt * kh * kw)
-            weight = proj.weight.reshape(self.embed_dim, -1)
-            if proj.bias is None:
-                out = windows @ weight.t()
-            else:
-                out = torch.addmm(proj.bias, windows, weight.t())
-            tokens.append(out.reshape(batch, t * h * w, self.embed_dim))
-        tokens = torch.cat(tokens, dim=1) if tokens else history.new_empty(batch, 0, self.embed_dim)
+            out = tokens.narrow(1, first_token, count) if direct else None
+            pieces.append(self._embed_term(term, proj, frames, out))
+            first_token += count
+        if not direct:
+            tokens = torch.cat(pieces, dim=1) if pieces else history.new_empty(batch, 0, self.embed_dim)
         return tokens, self.positions(height, width, device=history.device)
+
+    def _embed_term(self, term: MemoryTerm, proj: nn.Module, frames: torch.Tensor, out: torch.Tensor | None):
+        """(B, t*h*w, embed_dim) tokens of one term's frames, written into `out` when given."""
+        kernel = memory_term_kernel(term)
+        if not _is_plain_conv3d(proj):  # e.g. a LoRA wrapper or a hooked module: run its own forward
+            embedded = proj(_pad_to_kernel(frames, kernel)).flatten(2).transpose(1, 2)
+            return embedded if out is None else out.copy_(embedded)
+        windows = _windows(frames, kernel)  # (B, tokens, C*kt*kh*kw); the padded copy is already freed
+        batch, count = windows.shape[:2]
+        weight_t = proj.weight.reshape(self.embed_dim, -1).t()
+        if out is None:
+            if proj.bias is None:
+                return windows @ weight_t
+            return torch.addmm(proj.bias, windows.flatten(0, 1), weight_t).unflatten(0, (batch, count))
+        for b in range(batch):  # out[b] is one contiguous (t*h*w, embed_dim) block of the token buffer
+            if proj.bias is None:
+                torch.mm(windows[b], weight_t, out=out[b])
+            else:
+                torch.addmm(proj.bias, windows[b], weight_t, out=out[b])
+        return out
 
     @torch.no_grad()
     def init_from_patch_embed(self, conv: nn.Conv3d) -> MultiTermMemoryPacker:
