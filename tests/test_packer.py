@@ -184,6 +184,12 @@ def test_hooked_or_wrapped_projections_run_their_own_forward():
         scaled, _ = packer(history)
     assert torch.allclose(scaled[:, n0:], 3 * plain[:, n0:], atol=1e-6) and torch.equal(scaled[:, :n0], plain[:, :n0])
 
+    padded_conv = nn.Conv3d(2, 3, 1, stride=1, padding=(0, 1, 0))  # a replacement that changes the grid
+    packer.projections[1] = padded_conv
+    for grad in (True, False):  # its own forward runs: 6 rows instead of 4, which the packer refuses
+        with torch.set_grad_enabled(grad), pytest.raises(RuntimeError, match=r"projections\[1\] gave tokens"):
+            packer(history)
+
 
 def test_empty_and_zero_frame_terms():
     packer = MultiTermMemoryPacker([], 2, 3)

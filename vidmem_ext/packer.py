@@ -88,11 +88,14 @@ def _windows(frames: torch.Tensor, kernel: tuple[int, int, int]) -> torch.Tensor
     return windows.reshape(batch, t * h * w, channels * kt * kh * kw)
 
 
-def _is_plain_conv3d(module: nn.Module) -> bool:
-    """True when computing module's convolution from its weight is exactly what calling it would do."""
+def _is_plain_conv3d(module: nn.Module, kernel: tuple[int, int, int]) -> bool:
+    """True when the matrix product with module's weight is exactly what calling it would do."""
     return (
         type(module) is nn.Conv3d
-        and module.padding_mode == "zeros"
+        and tuple(module.kernel_size) == tuple(module.stride) == kernel
+        and tuple(module.padding) == (0, 0, 0)
+        and tuple(module.dilation) == (1, 1, 1)
+        and module.groups == 1
         and not module._forward_hooks
         and not module._forward_pre_hooks
         and not nn.modules.module._global_forward_hooks
@@ -174,23 +177,30 @@ class MultiTermMemoryPacker(nn.Module):
         tokens = history.new_empty(batch, sum(counts), self.embed_dim) if direct else None
         pieces = []
         first_frame = first_token = 0
-        for term, proj, count in zip(self.terms, self.projections, counts):
+        for index, (term, count) in enumerate(zip(self.terms, counts)):
             frames = history.narrow(2, first_frame, term.num_latent_frames)
             first_frame += term.num_latent_frames
             if count == 0:  # no frames or an empty latent: nothing to pad or embed
                 continue
             out = tokens.narrow(1, first_token, count) if direct else None
-            pieces.append(self._embed_term(term, proj, frames, out))
+            pieces.append(self._embed_term(index, frames, count, out))
             first_token += count
         if not direct:
             tokens = torch.cat(pieces, dim=1) if pieces else history.new_empty(batch, 0, self.embed_dim)
         return tokens, self.positions(height, width, device=history.device)
 
-    def _embed_term(self, term: MemoryTerm, proj: nn.Module, frames: torch.Tensor, out: torch.Tensor | None):
-        """(B, t*h*w, embed_dim) tokens of one term's frames, written into `out` when given."""
+    def _embed_term(self, index: int, frames: torch.Tensor, count: int, out: torch.Tensor | None):
+        """(B, count, embed_dim) tokens of term `index` from its frames, written into `out` when given."""
+        term, proj = self.terms[index], self.projections[index]
         kernel = memory_term_kernel(term)
-        if not _is_plain_conv3d(proj):  # e.g. a LoRA wrapper or a hooked module: run its own forward
+        if not _is_plain_conv3d(proj, kernel):  # e.g. a LoRA wrapper or a hooked module: run its own forward
             embedded = proj(_pad_to_kernel(frames, kernel)).flatten(2).transpose(1, 2)
+            expected = (frames.shape[0], count, self.embed_dim)
+            if embedded.shape != expected:
+                raise RuntimeError(
+                    f"projections[{index}] gave tokens of shape {tuple(embedded.shape)} for terms[{index}], expected "
+                    f"{expected}: it must act as a Conv3d with kernel = stride = {kernel} and no padding"
+                )
             return embedded if out is None else out.copy_(embedded)
         windows = _windows(frames, kernel)  # (B, tokens, C*kt*kh*kw); the padded copy is already freed
         batch, count = windows.shape[:2]
