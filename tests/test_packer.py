@@ -238,6 +238,19 @@ def test_compiles_without_graph_breaks(grad):
     assert tokens.requires_grad == grad
 
 
+@pytest.mark.slow
+def test_compiles_with_inductor():
+    torch.manual_seed(4)
+    packer = MultiTermMemoryPacker([term(5, 4, 2, 2), term(2, 1, 1, 2)], 2, 4)
+    history = torch.randn(2, 2, 7, 9, 10)
+    compiled = torch.compile(packer, fullgraph=True)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            tokens, positions = compiled(history)
+            expected_tokens, expected_positions = packer(history)
+        assert torch.allclose(tokens, expected_tokens, atol=1e-5) and torch.equal(positions, expected_positions)
+
+
 @pytest.mark.parametrize(
     "shape, words",
     [
