@@ -3,6 +3,7 @@
 - temporal_momentum: an EMA over frames (ZS² temporal momentum attention), fused CPU/CUDA kernels.
 - dependency_noise / dependency_noise_step: ZS² correlated per-frame Gaussian noise.
 - token_budget.multi_term_memory_patchification: token counts of multi-term memory patchification.
+- MultiTermMemoryPacker / plan_memory_terms: the tokens themselves (FramePack-style), and terms for a budget.
 
 Names are imported lazily so that `import vidmem_ext.token_budget` (standard
 library only) does not import torch.
@@ -18,6 +19,8 @@ from ._version import __version__
 _LAZY = {
     "MemoryTerm": "token_budget",
     "multi_term_memory_patchification": "token_budget",
+    "MultiTermMemoryPacker": "packer",
+    "plan_memory_terms": "packer",
     "temporal_momentum": "momentum",
     "dependency_noise": "noise",
     "dependency_noise_step": "noise",

@@ -1,4 +1,4 @@
-"""Plain PyTorch references for every vidmem_ext op (SEMANTICS.md sections 1 and 2).
+"""Plain PyTorch references for every vidmem_ext op (SEMANTICS.md sections 1, 2 and 3).
 
 These are written for clarity, not speed. They are what the kernels are tested
 against, and what the ops fall back to when the compiled part is missing. All
@@ -17,6 +17,7 @@ __all__ = [
     "momentum_matrix",
     "dependency_noise_step",
     "dependency_noise",
+    "multi_term_memory_pack",
 ]
 
 
@@ -177,3 +178,45 @@ def dependency_noise(
     if return_alphas:
         return noise, torch.stack(alphas, 1)
     return noise
+
+
+# --------------------------------------------------------------------------- multi-term memory packing
+
+
+def multi_term_memory_pack(history: torch.Tensor, terms, weights, biases=None):
+    """The packer literally as SEMANTICS.md section 3 reads: per term, pad, one strided Conv3d.
+
+    history: (B, C, T, H, W), T = sum of the terms' frames, terms oldest first
+    (dicts or MemoryTerm). weights[i]: (E, C, kt, s*p, s*p) for term i; biases[i]: (E,) or None.
+    Each term is replicate-padded at the end of T, H and W to multiples of its kernel and
+    convolved with kernel = stride. Returns (tokens (B, N, E) in term order, then frame, row,
+    column; positions (N, 3) float32: each token's kernel-window centre (frame, row, column),
+    frames counted from the start of history).
+    """
+    from .token_budget import MemoryTerm, _validate
+
+    terms = [MemoryTerm(*_validate(term, f"terms[{i}]")) for i, term in enumerate(terms)]
+    biases = [None] * len(terms) if biases is None else biases
+    batch, _, _, height, width = history.shape
+    tokens, positions = [], []
+    first = 0
+    for term, weight, bias in zip(terms, weights, biases):
+        k = term.spatial_stride * term.patch_size
+        kernel = (term.temporal_stride, k, k)
+        frames = history[:, :, first : first + term.num_latent_frames]
+        if 0 not in frames.shape[2:]:
+            pad_t, pad_h, pad_w = ((-n) % kk for n, kk in zip(frames.shape[2:], kernel))
+            padded = F.pad(frames, (0, pad_w, 0, pad_h, 0, pad_t), mode="replicate")
+            out = F.conv3d(padded, weight, bias, stride=kernel)  # (B, E, t, h, w)
+            tokens.append(out.flatten(2).transpose(1, 2))
+            for i in range(out.shape[2]):
+                for j in range(out.shape[3]):
+                    for c in range(out.shape[4]):
+                        positions.append(
+                            [first + i * kernel[0] + (kernel[0] - 1) / 2, j * k + (k - 1) / 2, c * k + (k - 1) / 2]
+                        )
+        first += term.num_latent_frames
+    embed_dim = weights[0].shape[0] if len(weights) else 0
+    tokens = torch.cat(tokens, 1) if tokens else history.new_empty(batch, 0, embed_dim)
+    positions = torch.tensor(positions, dtype=torch.float32, device=history.device).reshape(-1, 3)
+    return tokens, positions

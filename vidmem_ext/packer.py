@@ -1,0 +1,365 @@
+"""Multi-term memory packing (SEMANTICS.md section 3): the tokens that `token_budget` counts.
+
+Autoregressive video models (FramePack and its successors) pack the latent
+frame history into a fixed context: the history is split into terms in time
+order, recent frames are embedded finely and older frames coarsely. Each term
+is padded at its end (replicate) to a multiple of its kernel and embedded by
+one Conv3d with kernel = stride = (temporal_stride, spatial_stride * patch_size,
+spatial_stride * patch_size), so it yields exactly the token grid that
+`token_budget.term_grid` counts.
+
+`plan_memory_terms` chooses such terms for a token budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .token_budget import MemoryTerm, _check_int, _check_latent, _validate, multi_term_memory_patchification, term_grid
+
+__all__ = ["MultiTermMemoryPacker", "plan_memory_terms", "memory_term_kernel", "memory_token_positions"]
+
+
+def memory_term_kernel(term: MemoryTerm) -> tuple[int, int, int]:
+    """Kernel (= stride) of a term's Conv3d: (temporal_stride, spatial_stride*patch_size, same)."""
+    k = term.spatial_stride * term.patch_size
+    return term.temporal_stride, k, k
+
+
+def _as_terms(terms) -> tuple[MemoryTerm, ...]:
+    if isinstance(terms, (str, bytes, Mapping)) or not isinstance(terms, Sequence):
+        raise TypeError(f"terms must be a sequence (list or tuple) of terms, got {type(terms).__name__}")
+    return tuple(MemoryTerm(*_validate(term, f"terms[{i}]")) for i, term in enumerate(terms))
+
+
+def memory_token_positions(terms, latent_h: int, latent_w: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(total_tokens, 3) positions (frame, row, column) of the packed tokens, for RoPE.
+
+    Latent coordinates: frame f of the history (the terms' frames laid end to
+    end, oldest first) and latent pixel (row, column) sit at integer positions;
+    a token sits at the centre of its kernel window, e.g. a (2, 4, 4) window at
+    frames 6..7, rows 0..3 is at (6.5, 1.5, 1.5). Windows that hang over the
+    padded end keep their nominal centre, so every term's positions form a
+    regular grid. Token order is that of `MultiTermMemoryPacker`: term by term,
+    then frame, row, column.
+    """
+    terms = _as_terms(terms)
+    h, w = _check_latent(latent_h, latent_w)
+    blocks = []
+    first_frame = 0
+    for term in terms:
+        kt, kh, kw = memory_term_kernel(term)
+        t, gh, gw = term_grid(term, h, w)
+        axes = [
+            torch.arange(n, device=device, dtype=torch.float64) * k + (offset + (k - 1) / 2)
+            for n, k, offset in ((t, kt, first_frame), (gh, kh, 0), (gw, kw, 0))
+        ]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+        blocks.append(grid.reshape(-1, 3))
+        first_frame += term.num_latent_frames
+    if not blocks:
+        return torch.empty(0, 3, device=device, dtype=dtype)
+    return torch.cat(blocks).to(dtype)
+
+
+def _pad_to_kernel(x: torch.Tensor, kernel: tuple[int, int, int]) -> torch.Tensor:
+    """Replicate-pad (B, C, T, H, W) at the end of T, H and W up to multiples of kernel."""
+    pads = [(-size) % k for size, k in zip(x.shape[2:], kernel)]
+    if not any(pads):
+        return x
+    pad_t, pad_h, pad_w = pads
+    return F.pad(x, (0, pad_w, 0, pad_h, 0, pad_t), mode="replicate")
+
+
+def _windows(frames: torch.Tensor, kernel: tuple[int, int, int]) -> torch.Tensor:
+    """(B, t*h*w, C*kt*kh*kw): the padded term's non-overlapping kernel windows, one per row.
+
+    kernel == stride, so the Conv3d is one matrix product of these rows with its weight
+    flattened in the same (C, kt, kh, kw) order.
+    """
+    padded = _pad_to_kernel(frames, kernel)
+    batch, channels = padded.shape[:2]
+    (kt, kh, kw), (t, h, w) = kernel, (n // k for n, k in zip(padded.shape[2:], kernel))
+    windows = padded.reshape(batch, channels, t, kt, h, kh, w, kw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+    return windows.reshape(batch, t * h * w, channels * kt * kh * kw)
+
+
+def _is_plain_conv3d(module: nn.Module, kernel: tuple[int, int, int]) -> bool:
+    """True when the matrix product with module's weight is exactly what calling it would do."""
+    return (
+        type(module) is nn.Conv3d
+        and tuple(module.kernel_size) == tuple(module.stride) == kernel
+        and tuple(module.padding) == (0, 0, 0)
+        and tuple(module.dilation) == (1, 1, 1)
+        and module.groups == 1
+        and not module._forward_hooks
+        and not module._forward_pre_hooks
+        and not nn.modules.module._global_forward_hooks
+        and not nn.modules.module._global_forward_pre_hooks
+    )
+
+
+class MultiTermMemoryPacker(nn.Module):
+    """Embed a latent frame history as tokens, one strided Conv3d per memory term.
+
+    Args:
+        terms: memory terms in time order, oldest first (the last covers the
+            most recent frames); dicts with keys num_latent_frames,
+            temporal_stride, spatial_stride, patch_size, or `MemoryTerm`s.
+        in_channels: latent channels C.
+        embed_dim: token width.
+        bias: whether the projections have a bias.
+
+    `forward(history)` takes latents (B, C, T, H, W) with T = the sum of the
+    terms' frames and returns `(tokens, positions)`: tokens (B, total_tokens,
+    embed_dim) in term order (within a term: frame, row, column) and positions
+    (total_tokens, 3), see `memory_token_positions`. Term i is
+    `self.projections[i]`, an `nn.Conv3d` with kernel = stride =
+    `memory_term_kernel(term)`; the forward computes exactly that convolution
+    of the replicate-padded term, as one matrix product per term (faster than
+    the strided convolution on CPU). A projection that is not a plain Conv3d
+    (a subclass or wrapper such as a LoRA layer, or one with forward hooks) is
+    called as a module instead, so that its extras apply.
+    """
+
+    def __init__(self, terms, in_channels: int, embed_dim: int, *, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.terms = _as_terms(terms)
+        self.in_channels = _check_positive(in_channels, "in_channels")
+        self.embed_dim = _check_positive(embed_dim, "embed_dim")
+        self.num_frames = sum(term.num_latent_frames for term in self.terms)
+        self.projections = nn.ModuleList(
+            nn.Conv3d(in_channels, embed_dim, kernel, stride=kernel, bias=bias, device=device, dtype=dtype)
+            for kernel in map(memory_term_kernel, self.terms)
+        )
+
+    def extra_repr(self) -> str:
+        spec = ", ".join(f"{t.num_latent_frames}@{'x'.join(map(str, memory_term_kernel(t)))}" for t in self.terms)
+        return (
+            f"terms=[{spec}] (frames@kernel, oldest first), in_channels={self.in_channels}, embed_dim={self.embed_dim}"
+        )
+
+    def token_counts(self, latent_h: int, latent_w: int) -> list[int]:
+        """Tokens per term at this latent size (the token budget's tokens_per_term)."""
+        return multi_term_memory_patchification(self.terms, latent_h, latent_w)["tokens_per_term"]
+
+    def positions(self, latent_h: int, latent_w: int, device=None, dtype=torch.float32) -> torch.Tensor:
+        """(total_tokens, 3) token positions (frame, row, column); see `memory_token_positions`."""
+        return memory_token_positions(self.terms, latent_h, latent_w, device=device, dtype=dtype)
+
+    def _check_history(self, history) -> None:
+        if not isinstance(history, torch.Tensor):
+            raise TypeError(f"history must be a tensor of shape (B, C, T, H, W), got {type(history).__name__}")
+        expected = f"(B, C={self.in_channels}, T={self.num_frames}, H, W)"
+        if history.dim() != 5:
+            raise ValueError(f"history must have 5 dims {expected}, got {history.dim()} dims {tuple(history.shape)}")
+        _, channels, frames, _, _ = history.shape
+        if channels != self.in_channels or frames != self.num_frames:
+            raise ValueError(
+                f"history must have shape {expected} (T = sum of the terms' num_latent_frames), "
+                f"got {tuple(history.shape)}"
+            )
+
+    def forward(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_history(history)
+        batch, _, _, height, width = history.shape
+        counts = self.token_counts(height, width)
+        # Without autograd or autocast every term writes straight into one token buffer: no concat copy, so
+        # inference peaks at about half the memory. Otherwise out-of-place products and one concat.
+        needs_graph = torch.is_grad_enabled() and (
+            history.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
+        direct = not needs_graph and not torch.is_autocast_enabled(history.device.type)
+        tokens = history.new_empty(batch, sum(counts), self.embed_dim) if direct else None
+        pieces = []
+        first_frame = first_token = 0
+        for index, (term, count) in enumerate(zip(self.terms, counts)):
+            frames = history.narrow(2, first_frame, term.num_latent_frames)
+            first_frame += term.num_latent_frames
+            if count == 0:  # no frames or an empty latent: nothing to pad or embed
+                continue
+            out = tokens.narrow(1, first_token, count) if direct else None
+            pieces.append(self._embed_term(index, frames, count, out))
+            first_token += count
+        if not direct:
+            tokens = torch.cat(pieces, dim=1) if pieces else history.new_empty(batch, 0, self.embed_dim)
+        return tokens, self.positions(height, width, device=history.device)
+
+    def _embed_term(self, index: int, frames: torch.Tensor, count: int, out: torch.Tensor | None):
+        """(B, count, embed_dim) tokens of term `index` from its frames, written into `out` when given."""
+        term, proj = self.terms[index], self.projections[index]
+        kernel = memory_term_kernel(term)
+        if not _is_plain_conv3d(proj, kernel):  # e.g. a LoRA wrapper or a hooked module: run its own forward
+            embedded = proj(_pad_to_kernel(frames, kernel)).flatten(2).transpose(1, 2)
+            expected = (frames.shape[0], count, self.embed_dim)
+            if embedded.shape != expected:
+                raise RuntimeError(
+                    f"projections[{index}] gave tokens of shape {tuple(embedded.shape)} for terms[{index}], expected "
+                    f"{expected}: it must act as a Conv3d with kernel = stride = {kernel} and no padding"
+                )
+            return embedded if out is None else out.copy_(embedded)
+        windows = _windows(frames, kernel)  # (B, tokens, C*kt*kh*kw); the padded copy is already freed
+        batch, count = windows.shape[:2]
+        weight_t = proj.weight.reshape(self.embed_dim, -1).t()
+        if out is None:
+            if proj.bias is None:
+                return windows @ weight_t
+            return torch.addmm(proj.bias, windows.flatten(0, 1), weight_t).unflatten(0, (batch, count))
+        for b in range(batch):  # out[b] is one contiguous (t*h*w, embed_dim) block of the token buffer
+            if proj.bias is None:
+                torch.mm(windows[b], weight_t, out=out[b])
+            else:
+                torch.addmm(proj.bias, windows[b], weight_t, out=out[b])
+        return out
+
+    @torch.no_grad()
+    def init_from_patch_embed(self, conv: nn.Conv3d) -> MultiTermMemoryPacker:
+        """Initialise every term from a base (1, p, p) patch-embedding Conv3d (stride = kernel).
+
+        Term (kt, s, p) gets weight[o, c, i, y, x] = base[o, c, 0, y // s, x // s] / (kt * s * s)
+        and the base bias, so that at initialisation it equals average pooling
+        by (kt, s, s) followed by the base embedding (the same for its padded
+        input). Every term's patch_size must be p. Returns self.
+        """
+        if not isinstance(conv, nn.Conv3d):
+            raise TypeError(f"conv must be an nn.Conv3d patch embedding, got {type(conv).__name__}")
+        kt0, p, p_w = conv.kernel_size
+        if kt0 != 1 or p != p_w:
+            raise ValueError(f"conv must have a (1, p, p) kernel, got {tuple(conv.kernel_size)}")
+        if tuple(conv.stride) != tuple(conv.kernel_size):
+            raise ValueError(f"conv must have stride = kernel = {tuple(conv.kernel_size)}, got stride {conv.stride}")
+        if conv.padding not in ((0, 0, 0), "valid") or tuple(conv.dilation) != (1, 1, 1) or conv.groups != 1:
+            raise ValueError(
+                "conv must be a plain patch embedding (padding 0, dilation 1, groups 1), got "
+                f"padding={conv.padding}, dilation={conv.dilation}, groups={conv.groups}"
+            )
+        if conv.in_channels != self.in_channels or conv.out_channels != self.embed_dim:
+            raise ValueError(
+                f"conv must map in_channels={self.in_channels} to embed_dim={self.embed_dim}, "
+                f"got {conv.in_channels} -> {conv.out_channels}"
+            )
+        for i, term in enumerate(self.terms):
+            if term.patch_size != p:
+                raise ValueError(f"terms[{i}] has patch_size {term.patch_size}, but conv's patch size is {p}")
+        has_bias = [proj.bias is not None for proj in self.projections]
+        if conv.bias is not None and not all(has_bias):
+            raise ValueError("conv has a bias but the packer was built with bias=False")
+        base = conv.weight
+        for term, proj in zip(self.terms, self.projections):
+            s, kt = term.spatial_stride, term.temporal_stride
+            spread = base.repeat_interleave(s, dim=3).repeat_interleave(s, dim=4) / (kt * s * s)
+            proj.weight.copy_(spread.expand_as(proj.weight))
+            if proj.bias is not None:
+                if conv.bias is None:
+                    proj.bias.zero_()
+                else:
+                    proj.bias.copy_(conv.bias)
+        return self
+
+
+def _check_positive(value, what: str) -> int:
+    value = _check_int(value, what)
+    if value < 1:
+        raise ValueError(f"{what} must be >= 1, got {value}")
+    return value
+
+
+def plan_memory_terms(
+    history_frames: int,
+    latent_h: int,
+    latent_w: int,
+    token_budget: int,
+    patch_size: int = 2,
+    recent_frames: int = 1,
+    max_stride: int = 4,
+) -> list[MemoryTerm]:
+    """Memory terms that cover `history_frames` latent frames within `token_budget` tokens.
+
+    The scheme (FramePack's, generalised): levels k = 0, 1, ..., K with stride
+    2^k in time and space alike (with patch_size 2: kernels 1x2x2, 2x4x4,
+    4x8x8, ...), 2^K = max_stride. Going back in time from the newest frame,
+    each term sits one level coarser than the one after it; every frame is
+    covered exactly once. The newest min(recent_frames, history_frames) frames
+    are at level 0 (stride 1). Every term but the oldest covers a whole number
+    of its temporal stride, so only the oldest term is padded in time.
+
+    The choice, recency first: level 0 takes as many of the newest frames as it
+    can while the rest of the history still fits the budget at the coarsest
+    level (the cheapest way to cover any frames), then level 1 likewise, and so
+    on; the coarsest level takes what remains. So the token total is within the
+    budget, and the plan is the lexicographically largest (frames at level 0,
+    frames at level 1, ...) in the scheme: no plan in the scheme gives any
+    frame a finer level without giving another frame a coarser one, i.e. the
+    budget left over cannot pay for refining any frames. (A plan that trades
+    recent resolution for older resolution can sometimes spend a few more
+    tokens; the scheme deliberately does not.)
+
+    Returns `MemoryTerm`s oldest first (the form MultiTermMemoryPacker takes),
+    without empty terms; [] for no history. Raises ValueError when even the
+    cheapest plan (recent frames at stride 1, the rest at max_stride) does not
+    fit, naming the tokens that it needs.
+    """
+    frames = _check_nonnegative(history_frames, "history_frames")
+    h, w = _check_latent(latent_h, latent_w)
+    budget = _check_nonnegative(token_budget, "token_budget")
+    patch = _check_positive(patch_size, "patch_size")
+    recent = min(_check_nonnegative(recent_frames, "recent_frames"), frames)
+    coarsest = _check_positive(max_stride, "max_stride")
+    if coarsest & (coarsest - 1):
+        raise ValueError(f"max_stride must be a power of two (strides double per level), got {coarsest}")
+
+    strides = [1 << k for k in range(coarsest.bit_length())]  # 1, 2, 4, ..., max_stride
+
+    def cost(stride: int, n: int) -> int:
+        t, gh, gw = term_grid(MemoryTerm(n, stride, stride, patch), h, w)
+        return t * gh * gw
+
+    def fits(spent: int, stride: int, n: int, remaining: int) -> bool:
+        # n frames at this stride, and the remaining - n older ones at the cheapest (coarsest) stride.
+        return spent + cost(stride, n) + cost(coarsest, remaining - n) <= budget
+
+    if not fits(0, 1, recent, frames):
+        needed = cost(1, recent) + cost(coarsest, frames - recent)
+        raise ValueError(
+            f"token_budget {budget} is too small: covering {frames} history frames of a {h}x{w} latent needs at "
+            f"least {needed} tokens ({recent} recent frame(s) at stride 1, {frames - recent} at max_stride "
+            f"{coarsest}, patch_size {patch}); raise token_budget or max_stride, or lower recent_frames"
+        )
+
+    counts = []  # frames per level, newest (finest) first
+    spent, remaining = 0, frames
+    for stride in strides:
+        if remaining == 0:
+            break
+        if stride == coarsest:
+            n = remaining  # fits: the previous level checked exactly this completion
+        else:
+            # Candidates in increasing order: whole strides, or all that remains (then this is the oldest term).
+            # Their cost with the coarsest completion never decreases, so bisect for the last that fits.
+            def value(i: int, stride=stride, remaining=remaining) -> int:
+                return min(i * stride, remaining)
+
+            lo = recent if stride == 1 else 0  # fits by the check above or by the previous level's choice
+            hi = -(-remaining // stride)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if fits(spent, stride, value(mid), remaining):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            n = value(lo)
+        counts.append(n)
+        spent += cost(stride, n)
+        remaining -= n
+    return [MemoryTerm(n, s, s, patch) for n, s in reversed(list(zip(counts, strides))) if n]
+
+
+def _check_nonnegative(value, what: str) -> int:
+    value = _check_int(value, what)
+    if value < 0:
+        raise ValueError(f"{what} must be >= 0, got {value}")
+    return value
