@@ -22,7 +22,7 @@ import tempfile
 import torch
 from einops import rearrange
 
-from .attention import TemporalMomentumAttnProcessor, _check_num_frames
+from .attention import TemporalMomentumAttnProcessor, _check_momentum, _check_num_frames
 from .noise import dependency_noise
 
 __all__ = ["zero_shot_video", "temporal_momentum_processors", "self_attention_layer_names", "tiny_stable_diffusion"]
@@ -115,6 +115,7 @@ def zero_shot_video(
     (StableDiffusionPipeline.prepare_latents), so they are drawn at unit scale.
     """
     num_frames = _check_num_frames(num_frames)
+    momentum = _check_momentum(momentum)
     unet = getattr(pipe, "unet", None)
     if unet is None or not hasattr(unet, "attn_processors"):
         raise TypeError(f"pipe must be a diffusers pipeline with a `unet` (got {type(pipe).__name__})")
@@ -193,7 +194,7 @@ def tiny_stable_diffusion(seed: int = 0, image_size: int = 32, attention_gain: f
 
     The same seed gives the same weights. UNet: 2 levels (32, 64 channels) with
     cross-attention transformers at both; VAE: 2 levels (scale factor 2); CLIP
-    text encoder: 2 layers, 32 wide, byte-level tokenizer with 16 tokens; DDIM
+    text encoder: 2 layers, 32 wide, byte-level tokenizer with 32 tokens; DDIM
     scheduler; no safety checker. Its images are not pictures of anything, but
     every part of the pipeline (CFG, scheduler, VAE decode, output types) is real.
 
@@ -210,7 +211,7 @@ def tiny_stable_diffusion(seed: int = 0, image_size: int = 32, attention_gain: f
 
     if image_size % 2 or image_size < 8:
         raise ValueError(f"image_size must be even and >= 8, got {image_size}")
-    max_length, text_width = 16, 32
+    max_length, text_width = 32, 32
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
@@ -255,7 +256,12 @@ def tiny_stable_diffusion(seed: int = 0, image_size: int = 32, attention_gain: f
     finally:
         torch.random.set_rng_state(state)  # building the demo model must not shift the caller's random stream
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
         vae=vae,
