@@ -22,6 +22,15 @@ pytestmark = pytest.mark.filterwarnings("ignore:vidmem_ext.temporal_momentum. us
 ATOL = RTOL = 1e-5  # fp32
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny tensors: one thread is as fast, and two spin against each other on a busy 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _ema_over_frames(x, momentum, num_frames):
     """Reference: the matrix form of the EMA (a different implementation from the op and its fallback)."""
     videos = rearrange(x, "(v f) h n d -> v f h n d", f=num_frames)
