@@ -364,3 +364,23 @@ def test_gradient_reaches_a_learnable_momentum_through_the_unet(unet):
     with temporal_momentum_processors(unet, momentum, 3):
         unet(sample, 10, context).sample.square().mean().backward()
     assert momentum.grad is not None and momentum.grad.abs() > 0
+
+
+def test_exports_and_the_core_needs_no_diffusers():
+    import subprocess
+    import sys
+
+    import vidmem_ext
+
+    assert vidmem_ext.temporal_momentum_attention is temporal_momentum_attention
+    assert vidmem_ext.TemporalMomentumAttnProcessor is TemporalMomentumAttnProcessor
+    code = (
+        "import sys, torch, vidmem_ext\n"
+        "q = torch.randn(4, 1, 3, 2)\n"
+        "vidmem_ext.temporal_momentum_attention(q, q, q, 0.5, num_frames=2)\n"
+        "vidmem_ext.TemporalMomentumAttnProcessor(0.9, 2)\n"
+        "vidmem_ext.pipelines.zero_shot_video\n"
+        "assert 'diffusers' not in sys.modules and 'transformers' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
