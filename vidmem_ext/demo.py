@@ -211,6 +211,7 @@ def main(args, parser=None) -> int:
     try:
         import diffusers  # noqa: F401
         import PIL  # noqa: F401
+        import transformers  # noqa: F401
     except ImportError as exc:
         print(f'the demo needs the diffusers extra: pip install -e ".[diffusers]" ({exc})', file=sys.stderr)
         return 1
@@ -222,10 +223,20 @@ def main(args, parser=None) -> int:
         # The built-in model's tensors are tiny: one thread is as fast, and several spin against each
         # other on a busy machine (2 threads on 2 loaded cores made this demo 4x slower).
         torch.set_num_threads(threads)
+    # Notices from diffusers/transformers (e.g. "requires torchvision, falling back to PIL") would
+    # break up the progress bar; errors still show.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
     try:
         return _run(args)
     finally:
         torch.set_num_threads(previous_threads)
+        diffusers_logging.set_verbosity(verbosity[0])
+        transformers_logging.set_verbosity(verbosity[1])
 
 
 def _run(args) -> int:
