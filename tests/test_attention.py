@@ -108,6 +108,17 @@ def test_gradients_reach_q_k_v_and_a_momentum_tensor():
     assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in inputs)
 
 
+def test_traces_with_torch_compile_fullgraph():
+    q, k, v = _qkv(8)
+    momentum = torch.tensor(0.7)
+    # eager first: a Python fallback warns once, and dynamo cannot trace warnings.warn
+    expected = temporal_momentum_attention(q, k, v, momentum, num_frames=4)
+    compiled = torch.compile(
+        lambda q, k, v, m: temporal_momentum_attention(q, k, v, m, num_frames=4), fullgraph=True, backend="aot_eager"
+    )
+    torch.testing.assert_close(compiled(q, k, v, momentum), expected, atol=ATOL, rtol=RTOL)
+
+
 def test_half_precision_runs_close_to_fp32():
     q, k, v = _qkv(8, tokens=6, dim=8)
     expected = temporal_momentum_attention(q, k, v, 0.9, num_frames=4)
