@@ -68,6 +68,13 @@ def test_text_progress_bar_without_tqdm(monkeypatch, capsys):
     assert "[....................] 0/2 one" in err and "[##########..........] 1/2 two" in err and "2/2 done" in err
 
 
+def test_without_the_diffusers_extra_the_demo_says_what_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # makes `import diffusers` raise ImportError
+    assert cli.main(["demo", "--out", str(tmp_path / "out")]) == 1
+    assert 'pip install -e ".[diffusers]"' in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [
