@@ -32,7 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default 4 tiny, 25 with --model)")
     parser.add_argument("--momentum", type=float, default=0.98, help="temporal momentum (default 0.98)")
     parser.add_argument(
-        "--lambda", dest="lambda_i", type=float, default=0.1, help="dependency-noise lambda (default 0.1)"
+        "--lambda",
+        dest="lambda_i",
+        metavar="LAMBDA",
+        type=float,
+        default=0.1,
+        help="dependency-noise lambda (default 0.1)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default=None, help="torch device for --model (default: cuda if available)")
