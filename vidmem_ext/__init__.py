@@ -4,6 +4,8 @@
 - dependency_noise / dependency_noise_step: ZS² correlated per-frame Gaussian noise.
 - token_budget.multi_term_memory_patchification: token counts of multi-term memory patchification.
 - MultiTermMemoryPacker / plan_memory_terms: the tokens themselves (FramePack-style), and terms for a budget.
+- temporal_momentum_attention / TemporalMomentumAttnProcessor: ZS² attention (SDPA function, diffusers processor).
+- pipelines.zero_shot_video: zero-shot video from a diffusers text-to-image pipeline (needs the diffusers extra).
 
 Names are imported lazily so that `import vidmem_ext.token_budget` (standard
 library only) does not import torch.
@@ -24,6 +26,9 @@ _LAZY = {
     "temporal_momentum": "momentum",
     "dependency_noise": "noise",
     "dependency_noise_step": "noise",
+    "temporal_momentum_attention": "attention",
+    "TemporalMomentumAttnProcessor": "attention",
+    "pipelines": None,
     "reference": None,
     "token_budget": None,
 }

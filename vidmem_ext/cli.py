@@ -1,4 +1,4 @@
-"""Command line: `python -m vidmem_ext {info,budget}`."""
+"""Command line: `python -m vidmem_ext {info,budget,demo}`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from . import demo
 from .token_budget import MemoryTerm, multi_term_memory_patchification, term_grid
 
 # FramePack's history at 480p (60x104 latent), oldest first: 16 frames at
@@ -118,10 +119,15 @@ def main(argv=None) -> int:
     )
     p.add_argument("--json", action="store_true", help="print the result dict as JSON")
 
+    demo_parser = sub.add_parser("demo", help="pictures of what the library does, and a zero-shot video (see demo.py)")
+    demo.add_arguments(demo_parser)
+
     args = parser.parse_args(argv)
     if args.command == "info":
         print("\n".join(info_lines()))
         return 0
+    if args.command == "demo":
+        return demo.main(args, demo_parser)
     return _cmd_budget(args)
 
 

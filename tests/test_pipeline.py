@@ -1,0 +1,150 @@
+"""zero_shot_video end to end on a tiny randomly initialised Stable Diffusion pipeline (built offline from configs)."""
+
+import numpy as np
+import pytest
+import torch
+from einops import rearrange
+
+pytest.importorskip("diffusers", reason="the diffusers extra is not installed")
+pytestmark = pytest.mark.filterwarnings("ignore:vidmem_ext.* using the slow Python reference")
+
+import vidmem_ext  # noqa: E402
+from vidmem_ext.attention import TemporalMomentumAttnProcessor  # noqa: E402
+from vidmem_ext.pipelines import self_attention_layer_names, tiny_stable_diffusion, zero_shot_video  # noqa: E402
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny tensors: one thread is as fast, and two spin against each other on a busy 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_stable_diffusion(seed=0, image_size=32)
+
+
+def _generator(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _mean_consecutive_correlation(frames: torch.Tensor) -> float:
+    """Mean Pearson correlation of frame i with frame i + 1 (frames first)."""
+    x = frames.flatten(1).double()
+    x = x - x.mean(1, keepdim=True)
+    x = x / x.norm(dim=1, keepdim=True)
+    return (x[:-1] * x[1:]).sum(1).mean().item()
+
+
+def test_returns_num_frames_pil_frames_and_restores_processors(pipe):
+    originals = pipe.unet.attn_processors
+    frames = zero_shot_video(pipe, "a red fox", num_frames=3, generator=_generator(), num_inference_steps=STEPS)
+    assert isinstance(frames, list) and len(frames) == 3
+    assert all(f.size == (32, 32) and f.mode == "RGB" for f in frames)
+    assert pipe.unet.attn_processors == originals
+
+
+def test_output_types_and_several_prompts(pipe):
+    kwargs = {"num_frames": 2, "generator": _generator(), "num_inference_steps": STEPS}
+    pt = zero_shot_video(pipe, "a red fox", output_type="pt", **kwargs)
+    assert isinstance(pt, torch.Tensor) and pt.shape == (2, 3, 32, 32)
+    kwargs["generator"] = _generator()
+    arr = zero_shot_video(pipe, "a red fox", output_type="np", **kwargs)
+    assert isinstance(arr, np.ndarray) and arr.shape == (2, 32, 32, 3)
+    np.testing.assert_allclose(arr, rearrange(pt, "f c h w -> f h w c").numpy(), atol=1e-6)
+    kwargs["generator"] = _generator()
+    videos = zero_shot_video(pipe, ["a red fox", "a blue bird"], output_type="latent", height=24, width=24, **kwargs)
+    assert len(videos) == 2 and all(v.shape == (2, 4, 12, 12) for v in videos)
+    assert not torch.allclose(videos[0], videos[1])  # each prompt gets its own noise
+
+
+def test_sampling_starts_from_dependency_noise_with_the_processor_installed(pipe):
+    num_frames, lambda_i, seen = 4, 0.3, {}
+
+    def first_call(module, args, kwargs):
+        if not seen:
+            seen["sample"] = args[0].clone()
+            seen["processors"] = dict(module.attn_processors)
+
+    handle = pipe.unet.register_forward_pre_hook(first_call, with_kwargs=True)
+    try:
+        zero_shot_video(
+            pipe, "a red fox", num_frames, 0.7, lambda_i, _generator(3), num_inference_steps=STEPS, output_type="latent"
+        )
+    finally:
+        handle.remove()
+
+    noise = vidmem_ext.dependency_noise((1, num_frames, 4, 16, 16), lambda_i, frame_dim=1, generator=_generator(3))
+    latents = rearrange(noise, "v f c h w -> (v f) c h w") * pipe.scheduler.init_noise_sigma
+    # CFG: [uncond; cond], frames of the video contiguous in each half
+    torch.testing.assert_close(seen["sample"], torch.cat([latents] * 2))
+    self_names = set(self_attention_layer_names(pipe.unet))
+    for name, processor in seen["processors"].items():
+        if name in self_names:
+            assert isinstance(processor, TemporalMomentumAttnProcessor)
+            assert processor.momentum == 0.7 and processor.num_frames == num_frames
+        else:
+            assert not isinstance(processor, TemporalMomentumAttnProcessor)
+
+
+def test_processors_are_restored_when_the_pipeline_fails(pipe):
+    originals = pipe.unet.attn_processors
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("interrupted by the test")
+
+    with pytest.raises(RuntimeError, match="interrupted by the test"):
+        zero_shot_video(pipe, "a red fox", num_frames=2, num_inference_steps=STEPS, callback_on_step_end=fail)
+    assert pipe.unet.attn_processors == originals
+
+
+def test_momentum_makes_frames_more_alike(pipe):
+    # Same seed, same dependency noise: only the attention differs. On this tiny model the
+    # margin was +0.08 to +0.13 over seeds 0-5 (4 frames, lambda 0.3); assert half of the smallest.
+    for seed in (0, 1):
+        correlation = {}
+        for momentum in (0.0, 0.98):
+            frames = zero_shot_video(
+                pipe,
+                "a red fox",
+                num_frames=4,
+                momentum=momentum,
+                lambda_i=0.3,
+                generator=_generator(seed),
+                num_inference_steps=STEPS,
+                output_type="pt",
+            )
+            correlation[momentum] = _mean_consecutive_correlation(frames)
+        assert correlation[0.98] > correlation[0.0] + 0.04, (seed, correlation)
+
+
+def test_bad_arguments_give_clear_errors(pipe):
+    with pytest.raises(TypeError, match="sets `latents` itself"):
+        zero_shot_video(pipe, "a", latents=torch.zeros(1))
+    with pytest.raises(TypeError, match="sets `num_images_per_prompt` itself"):
+        zero_shot_video(pipe, "a", num_images_per_prompt=2)
+    with pytest.raises(TypeError, match="with a `unet`"):
+        zero_shot_video(object(), "a")
+    with pytest.raises(TypeError, match="one torch.Generator"):
+        zero_shot_video(pipe, "a", generator=[_generator(), _generator()])
+    with pytest.raises(TypeError, match="prompt must be"):
+        zero_shot_video(pipe, 3)
+    with pytest.raises(ValueError, match="num_frames"):
+        zero_shot_video(pipe, "a", num_frames=0)
+    with pytest.raises(ValueError, match="momentum"):
+        zero_shot_video(pipe, "a", momentum=2.0)
+
+
+def test_tiny_pipeline_is_reproducible_and_leaves_the_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a, b = tiny_stable_diffusion(seed=5), tiny_stable_diffusion(seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for pa, pb in zip(a.unet.parameters(), b.unet.parameters()):
+        assert torch.equal(pa, pb)
+    ids = a.tokenizer("a red fox").input_ids
+    assert ids[0] == a.tokenizer.bos_token_id and ids[-1] == a.tokenizer.eos_token_id and len(ids) == 2 + 7

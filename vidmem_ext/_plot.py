@@ -1,0 +1,242 @@
+"""A few plots drawn with Pillow alone (line charts, heat maps, labelled image grids) for the demo.
+
+Everything is drawn at SUPERSAMPLE times the final size and scaled down, which
+smooths lines and text without a plotting library.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["line_chart", "heatmap", "image_rows", "stack", "colormap"]
+
+SUPERSAMPLE = 2
+BACKGROUND = (255, 255, 255)
+INK = (40, 40, 40)
+GRID = (225, 225, 225)
+# Tableau-like qualitative colours for lines.
+PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+]
+# Anchor colours of a viridis-like sequential map (dark purple -> blue -> green -> yellow).
+_SEQUENTIAL = [(68, 1, 84), (72, 40, 120), (62, 74, 137), (49, 104, 142), (38, 130, 142), (31, 158, 137),
+               (53, 183, 121), (110, 206, 88), (181, 222, 43), (253, 231, 37)]  # fmt: skip
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size * SUPERSAMPLE)
+    except TypeError:  # Pillow < 10.1 has only the small bitmap font
+        return ImageFont.load_default()
+
+
+def colormap(value: float) -> tuple[int, int, int]:
+    """Colour of value in [0, 1] (clipped) on the sequential map."""
+    value = min(max(float(value), 0.0), 1.0) * (len(_SEQUENTIAL) - 1)
+    i = min(int(value), len(_SEQUENTIAL) - 2)
+    t = value - i
+    a, b = _SEQUENTIAL[i], _SEQUENTIAL[i + 1]
+    return tuple(round(a[c] + t * (b[c] - a[c])) for c in range(3))
+
+
+def _nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
+    """About `count` round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(count - 1, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.0e}"
+
+
+class _Canvas:
+    """An RGB image at SUPERSAMPLE scale whose drawing methods take final-size coordinates."""
+
+    def __init__(self, width: int, height: int):
+        self.size = (width, height)
+        self.image = Image.new("RGB", (width * SUPERSAMPLE, height * SUPERSAMPLE), BACKGROUND)
+        self.draw = ImageDraw.Draw(self.image)
+
+    def _xy(self, *points):
+        return [round(p * SUPERSAMPLE) for p in points]
+
+    def line(self, points, fill, width=1.0):
+        flat = [c for p in points for c in self._xy(*p)]
+        self.draw.line(flat, fill=fill, width=max(1, round(width * SUPERSAMPLE)), joint="curve")
+
+    def rectangle(self, box, fill=None, outline=None, width=1.0):
+        self.draw.rectangle(self._xy(*box), fill=fill, outline=outline, width=max(1, round(width * SUPERSAMPLE)))
+
+    def circle(self, center, radius, fill):
+        x, y = center
+        self.draw.ellipse(self._xy(x - radius, y - radius, x + radius, y + radius), fill=fill)
+
+    def text(self, xy, text, size=12, anchor="la", fill=INK, angle=0):
+        font = _font(size)
+        if angle == 0:
+            self.draw.text(self._xy(*xy), text, font=font, fill=fill, anchor=anchor)
+            return
+        # rotated text: draw on its own transparent tile, rotate, paste centred at xy
+        left, top, right, bottom = self.draw.textbbox((0, 0), text, font=font, anchor="lt")
+        tile = Image.new("RGBA", (right - left + 4, bottom - top + 4), (0, 0, 0, 0))
+        ImageDraw.Draw(tile).text((2, 2), text, font=font, fill=fill, anchor="lt")
+        tile = tile.rotate(angle, expand=True)
+        x, y = self._xy(*xy)
+        self.image.paste(tile, (x - tile.width // 2, y - tile.height // 2), tile)
+
+    def paste(self, image: Image.Image, box):
+        left, top, right, bottom = self._xy(*box)
+        self.image.paste(image.resize((right - left, bottom - top), Image.NEAREST), (left, top))
+
+    def finish(self) -> Image.Image:
+        return self.image.resize(self.size, Image.LANCZOS)
+
+
+def _axes(canvas, box, xlim, ylim, xticks, yticks, title, xlabel, ylabel, grid=True):
+    """Frame, ticks, grid, labels and title around plot area `box`; returns data -> pixel mappers."""
+    left, top, right, bottom = box
+    to_x = lambda v: left + (v - xlim[0]) / (xlim[1] - xlim[0]) * (right - left)  # noqa: E731
+    to_y = lambda v: bottom - (v - ylim[0]) / (ylim[1] - ylim[0]) * (bottom - top)  # noqa: E731
+    for v in xticks:
+        if grid:
+            canvas.line([(to_x(v), top), (to_x(v), bottom)], GRID)
+        canvas.line([(to_x(v), bottom), (to_x(v), bottom + 4)], INK)
+        canvas.text((to_x(v), bottom + 6), _fmt(v), size=11, anchor="mt")
+    for v in yticks:
+        if grid:
+            canvas.line([(left, to_y(v)), (right, to_y(v))], GRID)
+        canvas.line([(left - 4, to_y(v)), (left, to_y(v))], INK)
+        canvas.text((left - 7, to_y(v)), _fmt(v), size=11, anchor="rm")
+    canvas.rectangle(box, outline=INK)
+    canvas.text(((left + right) / 2, top - 10), title, size=13, anchor="md")
+    canvas.text(((left + right) / 2, bottom + 24), xlabel, size=12, anchor="mt")
+    canvas.text((left - 42, (top + bottom) / 2), ylabel, size=12, angle=90)
+    return to_x, to_y
+
+
+def line_chart(
+    series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    ylim: tuple[float, float] | None = None,
+    legend_title: str = "",
+    size: tuple[int, int] = (460, 320),
+) -> Image.Image:
+    """Lines with markers, one per (label, xs, ys), and a legend on the right."""
+    width, height = size
+    legend_width = 90 if any(label for label, _, _ in series) else 0
+    box = (60, 30, width - 15 - legend_width, height - 50)
+    xs_all = [x for _, xs, _ in series for x in xs]
+    ys_all = [y for _, _, ys in series for y in ys]
+    xlim = (min(xs_all), max(xs_all))
+    ylim = ylim or (min(ys_all), max(ys_all))
+    canvas = _Canvas(width, height)
+    xticks = _nice_ticks(*xlim, count=min(8, len(set(xs_all))))
+    to_x, to_y = _axes(canvas, box, xlim, ylim, xticks, _nice_ticks(*ylim), title, xlabel, ylabel)
+    for i, (_, xs, ys) in enumerate(series):
+        colour = PALETTE[i % len(PALETTE)]
+        points = [(to_x(x), to_y(min(max(y, ylim[0]), ylim[1]))) for x, y in zip(xs, ys)]
+        canvas.line(points, colour, width=2)
+        for p in points:
+            canvas.circle(p, 2.5, colour)
+    if legend_width:
+        x0, y0 = box[2] + 12, box[1] + 4
+        if legend_title:
+            canvas.text((x0, y0), legend_title, size=11)
+            y0 += 18
+        for i, (label, _, _) in enumerate(series):
+            colour = PALETTE[i % len(PALETTE)]
+            canvas.line([(x0, y0 + 7), (x0 + 18, y0 + 7)], colour, width=2)
+            canvas.circle((x0 + 9, y0 + 7), 2.5, colour)
+            canvas.text((x0 + 24, y0 + 7), label, size=11, anchor="lm")
+            y0 += 18
+    return canvas.finish()
+
+
+def heatmap(
+    matrix: Sequence[Sequence[float]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    colorbar_label: str = "",
+    size: tuple[int, int] = (330, 275),
+) -> Image.Image:
+    """A matrix as coloured cells (row 0 at the top), with a colour bar."""
+    rows, cols = len(matrix), len(matrix[0])
+    width, height = size
+    side = min(width - 60 - 75, height - 30 - 50)
+    box = (60, 30, 60 + side, 30 + side)
+    cells = Image.new("RGB", (cols, rows))
+    cells.putdata([colormap((v - vmin) / (vmax - vmin)) for row in matrix for v in row])
+    canvas = _Canvas(width, height)
+    canvas.paste(cells, box)
+    xticks = _nice_ticks(0, cols - 1, count=min(6, cols))
+    yticks = _nice_ticks(0, rows - 1, count=min(6, rows))
+    # cell centres: index i sits at i + 0.5 of the box's [0, n] range
+    _axes(canvas, box, (-0.5, cols - 0.5), (rows - 0.5, -0.5), xticks, yticks, title, xlabel, ylabel, grid=False)
+    bar = (box[2] + 14, box[1], box[2] + 28, box[3])
+    gradient = Image.new("RGB", (1, 256))
+    gradient.putdata([colormap(1 - i / 255) for i in range(256)])
+    canvas.paste(gradient, bar)
+    canvas.rectangle(bar, outline=INK)
+    for v in _nice_ticks(vmin, vmax, count=5):
+        y = bar[3] - (v - vmin) / (vmax - vmin) * (bar[3] - bar[1])
+        canvas.line([(bar[2], y), (bar[2] + 3, y)], INK)
+        canvas.text((bar[2] + 5, y), _fmt(v), size=10, anchor="lm")
+    if colorbar_label:
+        canvas.text((bar[2] + 38, (bar[1] + bar[3]) / 2), colorbar_label, size=11, angle=90)
+    return canvas.finish()
+
+
+def image_rows(rows: Sequence[tuple[str, Sequence[Image.Image]]], *, scale: int = 3, title: str = "") -> Image.Image:
+    """Rows of equally sized images (nearest-neighbour upscaled), each row labelled above it."""
+    tile_w, tile_h = (d * scale for d in rows[0][1][0].size)
+    cols = max(len(images) for _, images in rows)
+    gap, label_h, title_h = 4, 20, 26 if title else 0
+    width = 10 + cols * (tile_w + gap) + 6
+    height = title_h + len(rows) * (label_h + tile_h + gap) + 6
+    canvas = _Canvas(width, height)
+    if title:
+        canvas.text((width / 2, 8), title, size=13, anchor="mt")
+    y = title_h
+    for label, images in rows:
+        canvas.text((10, y + 4), label, size=12)
+        y += label_h
+        for i, image in enumerate(images):
+            x = 10 + i * (tile_w + gap)
+            canvas.paste(image.convert("RGB"), (x, y, x + tile_w, y + tile_h))
+        y += tile_h + gap
+    return canvas.finish()
+
+
+def stack(images: Sequence[Image.Image], *, vertical: bool = False, gap: int = 10) -> Image.Image:
+    """Images side by side (or one above the other), top/left aligned on white."""
+    if vertical:
+        size = (max(i.width for i in images), sum(i.height for i in images) + gap * (len(images) - 1))
+    else:
+        size = (sum(i.width for i in images) + gap * (len(images) - 1), max(i.height for i in images))
+    out = Image.new("RGB", size, BACKGROUND)
+    offset = 0
+    for image in images:
+        out.paste(image, (0, offset) if vertical else (offset, 0))
+        offset += (image.height if vertical else image.width) + gap
+    return out
