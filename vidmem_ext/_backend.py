@@ -55,13 +55,24 @@ def has_kernel(kernel: str, device_type: str) -> bool:
         return False
 
 
+def _kernels_available() -> dict[tuple[str, str], bool]:
+    # Computed once at import (kernels register when _C loads): a plain dict that
+    # torch.compile can read without a graph break, unlike the dispatcher query.
+    return {
+        (op, d): all(has_kernel(k, d) for k in kernels) for op, kernels in OP_KERNELS.items() for d in ("cpu", "cuda")
+    }
+
+
+_AVAILABLE = _kernels_available()
+
+
 def use_kernel(op: str, device: torch.device | str) -> bool:
     """True when the compiled kernels of `op` exist for `device`; otherwise warn once and return False."""
-    device_type = torch.device(device).type
-    if all(has_kernel(k, device_type) for k in OP_KERNELS[op]):
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    if _AVAILABLE.get((op, device_type), False):
         return True
     tag = f"{op}:{device_type}"
-    if tag not in _warned:
+    if tag not in _warned and not torch.compiler.is_compiling():
         _warned.add(tag)
         why = LOAD_ERROR or f"no compiled {device_type} kernel"
         warnings.warn(
@@ -76,7 +87,4 @@ def use_kernel(op: str, device: torch.device | str) -> bool:
 def fallbacks() -> dict[str, list[str]]:
     """For each public op, the device types on which it falls back to the Python reference."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() or cuda_compiled() else [])
-    out = {}
-    for op, kernels in OP_KERNELS.items():
-        out[op] = [d for d in devices if not all(has_kernel(k, d) for k in kernels)]
-    return out
+    return {op: [d for d in devices if not _AVAILABLE[(op, d)]] for op in OP_KERNELS}
