@@ -42,22 +42,29 @@ def _check_count(value, name: str, minimum: int) -> int:
     return int(value)
 
 
+def _as_int64(value: int) -> int:
+    """The 64-bit pattern of value as a signed int64 (the op schema's int); the kernels read it unsigned."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 def _philox_seed_offset(generator, seed, device: torch.device, num_streams: int) -> tuple[int, int]:
-    """Key and first counter of the Philox stream that the fused kernels read.
+    """Key and first stream of the Philox4x32-10 numbers that the fused kernels read.
 
     seed=int keys the stream by that integer (the same noise on CPU and CUDA).
     Otherwise the torch generator (or the device's default one) provides it:
-    on CUDA its Philox seed and offset, advanced past what this call uses; on
-    the CPU a 63-bit key drawn from it. Either way torch.manual_seed reproduces
-    a result and successive calls differ.
+    on CUDA its Philox seed and offset, the offset advanced past the
+    `num_streams` streams this call reads; on the CPU a 63-bit key drawn from
+    it. Either way torch.manual_seed reproduces a result and successive calls
+    differ. Both are returned as int64 bit patterns.
     """
     if seed is not None:
-        return int(seed) & ((1 << 64) - 1), 0
+        return _as_int64(int(seed)), 0
     if device.type == "cuda":
         gen = generator if generator is not None else torch.cuda.default_generators[device.index or 0]
         offset = gen.get_offset()
         gen.set_offset(offset + 4 * ((num_streams + 3) // 4))  # torch keeps offsets a multiple of 4
-        return gen.initial_seed(), offset
+        return _as_int64(gen.initial_seed()), _as_int64(offset)
     key = torch.randint(0, 2**63 - 1, (1,), generator=generator, dtype=torch.int64)
     return int(key.item()), 0
 
@@ -116,6 +123,8 @@ def dependency_noise(
             raise ValueError("pass either generator or seed, not both")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     dtype = dtype or torch.get_default_dtype()
     if dtype not in _FLOAT_DTYPES:
         raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype}")
@@ -126,6 +135,8 @@ def dependency_noise(
     )
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but the noise is made on {device}")
 
     if _backend.use_kernel("dependency_noise", device):
         out = torch.empty(shape, dtype=dtype, device=device)
