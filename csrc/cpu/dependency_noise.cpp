@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "dependency_noise.h"
+#include "dependency_noise_checks.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define VIDMEM_NOISE_AVX2 1
@@ -53,13 +54,12 @@ struct FrameLayout {
 };
 
 FrameLayout frame_layout(const at::Tensor& out, int64_t frame_dim) {
+  const NoiseOutShape shape = noise_out_shape(out, frame_dim);
   FrameLayout layout{};
-  layout.batch = out.size(0);
-  layout.frames = out.size(frame_dim);
-  layout.pre = 1;
-  for (int64_t d = 1; d < frame_dim; ++d) layout.pre *= out.size(d);
-  layout.post = 1;
-  for (int64_t d = frame_dim + 1; d < out.dim(); ++d) layout.post *= out.size(d);
+  layout.batch = shape.batch;
+  layout.pre = shape.pre;
+  layout.frames = shape.frames;
+  layout.post = shape.post;
   // `out` is contiguous here, so each group of axes collapses to one stride.
   layout.stride_frame = layout.post;
   layout.stride_pre = layout.frames * layout.post;
@@ -317,33 +317,17 @@ void fill_frames(scalar_t* data, const FrameLayout& layout, acc_t* alphas, acc_t
   }
 }
 
-void check_common(double lambda_i, int64_t linear_search_times) {
-  TORCH_CHECK(std::isfinite(lambda_i) && lambda_i >= 0, "lambda_i must be a finite float >= 0, got ", lambda_i);
-  TORCH_CHECK(linear_search_times >= 0, "linear_search_times must be >= 0, got ", linear_search_times);
-}
-
 }  // namespace
 
 at::Tensor dependency_noise_fill_cpu(at::Tensor& out, double lambda_i, int64_t random_search_times,
                                      int64_t linear_search_times, int64_t frame_dim, int64_t seed, int64_t offset) {
-  check_common(lambda_i, linear_search_times);
-  TORCH_CHECK(random_search_times >= 1, "random_search_times must be >= 1, got ", random_search_times);
-  TORCH_CHECK(out.dim() >= 2, "out must have at least 2 dims (batch and frames), got ", out.dim());
-  TORCH_CHECK(-out.dim() <= frame_dim && frame_dim < out.dim() && frame_dim % out.dim() != 0,
-              "frame_dim must index a non-batch axis of out (1..", out.dim() - 1, "), got ", frame_dim);
-  frame_dim = (frame_dim + out.dim()) % out.dim();
-  const at::ScalarType dtype = out.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
-              "out must be float16, bfloat16, float32 or float64, got ", dtype);
-  const at::ScalarType acc_type = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  frame_dim = check_fill_args(out, lambda_i, random_search_times, linear_search_times, frame_dim);
+  const at::ScalarType acc_type = noise_acc_dtype(out.scalar_type());
   at::Tensor alphas = at::zeros({out.size(0), out.size(frame_dim)}, out.options().dtype(acc_type));
   if (out.numel() == 0) return alphas;
 
   at::Tensor work = out.is_contiguous() ? out : at::empty(out.sizes(), out.options());
   const FrameLayout layout = frame_layout(work, frame_dim);
-  TORCH_CHECK(layout.frame_numel() <= kMaxFrameNumel && layout.frames <= kMaxFrames, "out: frames of ",
-              layout.frame_numel(), " elements per batch item (at most ", kMaxFrameNumel, "), ", layout.frames,
-              " frames (at most ", kMaxFrames, ") exceed what the Philox stream layout addresses");
   AT_DISPATCH_SWITCH(work.scalar_type(), "dependency_noise_fill_cpu",
                      AT_DISPATCH_CASE_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, [&] {
                        using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -438,20 +422,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dependency_noise_step_cpu(const a
                                                                          const at::Tensor& candidates,
                                                                          double lambda_i,
                                                                          int64_t linear_search_times) {
-  check_common(lambda_i, linear_search_times);
-  TORCH_CHECK(prev.dim() >= 1, "prev must have a batch axis: shape (B, ...)");
-  TORCH_CHECK(candidates.dim() == prev.dim() + 1 && candidates.sizes().slice(1) == prev.sizes(),
-              "candidates must have shape (R, *prev.shape) with prev of shape ", prev.sizes(), ", got ",
-              candidates.sizes());
-  TORCH_CHECK(candidates.size(0) >= 1, "candidates must hold at least one candidate (R >= 1)");
-  TORCH_CHECK(candidates.scalar_type() == prev.scalar_type(), "candidates dtype ", candidates.scalar_type(),
-              " differs from prev dtype ", prev.scalar_type());
-  TORCH_CHECK(candidates.device() == prev.device(), "candidates are on ", candidates.device(), " but prev is on ",
-              prev.device());
+  check_step_args(prev, candidates, lambda_i, linear_search_times);
   const at::ScalarType dtype = prev.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
-              "prev must be float16, bfloat16, float32 or float64, got ", dtype);
-  const at::ScalarType acc_type = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType acc_type = noise_acc_dtype(dtype);
   const int64_t batch = prev.size(0);
   const int64_t numel = batch == 0 ? 0 : prev.numel() / batch;
   const int64_t num_candidates = candidates.size(0);
