@@ -42,6 +42,12 @@ def _check_count(value, name: str, minimum: int) -> int:
     return int(value)
 
 
+@torch.compiler.assume_constant_result
+def _use_kernel(op: str, device_type: str) -> bool:
+    """_backend.use_kernel, as a constant to torch.compile (dynamo cannot trace the dispatcher query)."""
+    return _backend.use_kernel(op, device_type)
+
+
 def _as_int64(value: int) -> int:
     """The 64-bit pattern of value as a signed int64 (the op schema's int); the kernels read it unsigned."""
     value &= (1 << 64) - 1
@@ -138,7 +144,7 @@ def dependency_noise(
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"generator is on {generator.device} but the noise is made on {device}")
 
-    if _backend.use_kernel("dependency_noise", device):
+    if _use_kernel("dependency_noise", device.type):
         out = torch.empty(shape, dtype=dtype, device=device)
         key, offset = _philox_seed_offset(generator, seed, device, 2 * shape[0])
         alphas = torch.ops.vidmem_ext.dependency_noise_fill_(
@@ -181,7 +187,7 @@ def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i
         raise ValueError("candidates must hold at least one candidate (R >= 1)")
     lambda_i = _check_lambda(lambda_i)
     linear_search_times = _check_count(linear_search_times, "linear_search_times", 0)
-    if _backend.use_kernel("dependency_noise_step", prev.device):
+    if _use_kernel("dependency_noise_step", prev.device.type):
         return torch.ops.vidmem_ext.dependency_noise_step(prev, candidates, lambda_i, linear_search_times)
     return reference.dependency_noise_step(prev, candidates, lambda_i, linear_search_times)
 
@@ -195,6 +201,32 @@ if _backend.compiled():
         batch = prev.shape[0]
         alpha = prev.new_empty((batch,), dtype=_acc_dtype(prev.dtype))
         return torch.empty_like(prev), alpha, prev.new_empty((batch,), dtype=torch.int64)
+
+    def _step_setup_context(ctx, inputs, output):
+        _, candidates, _, _ = inputs
+        _, alpha, index = output
+        ctx.save_for_backward(alpha, index)
+        ctx.candidates_shape = candidates.shape
+
+    def _step_backward(ctx, grad_frame, grad_alpha, grad_index):
+        # frame = sqrt(alpha) prev + sqrt(1 - alpha) candidates[index]; alpha and index are piecewise
+        # constant in the inputs (chosen by comparisons), so they carry no gradient.
+        alpha, index = ctx.saved_tensors
+        if grad_frame is None:
+            return None, None, None, None
+        batch = grad_frame.shape[0]
+        scale_shape = (batch,) + (1,) * (grad_frame.dim() - 1)
+        grad = grad_frame.to(alpha.dtype)
+        grad_prev = (grad * alpha.sqrt().reshape(scale_shape)).to(grad_frame.dtype)
+        grad_chosen = (grad * (1 - alpha).sqrt().reshape(scale_shape)).to(grad_frame.dtype)
+        grad_candidates = grad_frame.new_zeros(ctx.candidates_shape)
+        where = index.reshape((1,) + scale_shape).expand((1,) + tuple(grad_frame.shape))
+        grad_candidates.scatter_(0, where, grad_chosen.unsqueeze(0))
+        return grad_prev, grad_candidates, None, None
+
+    torch.library.register_autograd(
+        "vidmem_ext::dependency_noise_step", _step_backward, setup_context=_step_setup_context
+    )
 
     @torch.library.register_fake("vidmem_ext::dependency_noise_fill_")
     def _fill_fake(out, lambda_i, random_search_times, linear_search_times, frame_dim, seed, offset):

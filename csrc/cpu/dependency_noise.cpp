@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <vector>
 
 #include "dependency_noise.h"
@@ -259,9 +260,10 @@ __attribute__((target("avx2"))) FrameSums<double> fill_chunk_avx2(const FillChun
   return fill_chunk_body<true>(job);
 }
 
+// VIDMEM_EXT_DISABLE_AVX2=1 forces the portable code (the tests check that both give the same bits).
 bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2");
-  return has;
+  static const bool use = __builtin_cpu_supports("avx2") && std::getenv("VIDMEM_EXT_DISABLE_AVX2") == nullptr;
+  return use;
 }
 #endif
 
