@@ -191,8 +191,14 @@ struct FillChunk {
 };
 
 // Writes one chunk of frame f and returns its sums for the search of frame f + 1.
+//
+// Every frame after the first needs the same n' twice: in the pass before it, for S(n'), and in its own
+// pass, to compose. When the output holds acc_t exactly (fp32, fp64), the earlier pass parks n' in the
+// frame's own slot of `out` (not written yet) instead of drawing it again: one normal per element and
+// frame, not two. Half types draw it twice (parking would round it), as the CUDA kernel always does.
 template <bool kAvx2, typename scalar_t, typename acc_t>
 VIDMEM_ALWAYS_INLINE FrameSums<double> fill_chunk_body(const FillChunk<scalar_t, acc_t>& job) {
+  constexpr bool kParkNormals = std::is_same_v<scalar_t, acc_t>;
   const FrameLayout& layout = *job.layout;
   scalar_t* const out = job.out;
   const scalar_t* const prev = job.params == nullptr ? nullptr : out - layout.stride_frame;
@@ -204,7 +210,16 @@ VIDMEM_ALWAYS_INLINE FrameSums<double> fill_chunk_body(const FillChunk<scalar_t,
     const int64_t count = std::min<int64_t>(kBlock, job.end - first);
     int64_t start;
     const bool consecutive = consecutive_or_offsets(layout, first, count, &start, offsets);
-    normals_block<kAvx2>(job.normals, static_cast<uint64_t>(first / 4), normal);
+    if (kParkNormals && job.params != nullptr) {
+      // n' of this frame, parked in this frame's slot by the previous pass (exact in scalar_t == acc_t).
+      if (consecutive) {
+        for (int64_t i = 0; i < count; ++i) normal[i] = out[start + i];
+      } else {
+        for (int64_t i = 0; i < count; ++i) normal[i] = out[offsets[i]];
+      }
+    } else {
+      normals_block<kAvx2>(job.normals, static_cast<uint64_t>(first / 4), normal);
+    }
     if (job.params == nullptr) {
       for (int64_t i = 0; i < count; ++i) value[i] = normal[i];
     } else {
@@ -231,6 +246,14 @@ VIDMEM_ALWAYS_INLINE FrameSums<double> fill_chunk_body(const FillChunk<scalar_t,
     }
     if (!job.need_sums) continue;
     normals_block<kAvx2>(job.next_normals, static_cast<uint64_t>(first / 4), next_normal);
+    if constexpr (kParkNormals) {
+      scalar_t* const next = out + layout.stride_frame;  // the next frame's slot, written by the next pass
+      if (consecutive) {
+        for (int64_t i = 0; i < count; ++i) next[start + i] = next_normal[i];
+      } else {
+        for (int64_t i = 0; i < count; ++i) next[offsets[i]] = next_normal[i];
+      }
+    }
     for (int64_t i = 0; i < count; ++i) {
       const acc_t w = exp_acc(value[i]);
       lane_value[i] += w * value[i];
