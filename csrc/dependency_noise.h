@@ -23,25 +23,26 @@ namespace vidmem {
 // exp for the weights w = exp(p). The float version is a branch-free polynomial
 // (1 ulp on [-87, 88] against libm; the argument is clamped there, so it never
 // overflows to inf and never returns a denormal) that vectorises on the CPU and
-// gives the same bits on the GPU up to fused multiply-adds.
+// gives the same bits on the GPU (every operation rounded on its own).
 VIDMEM_HD_INLINE float exp_acc(float x) {
   x = select_float(x < -87.0f, -87.0f, x);
   x = select_float(x > 88.0f, 88.0f, x);
-  const float whole = round_small_float(x * 1.44269504088896341f);  // x = whole * log(2) + r, |r| <= log(2) / 2
-  float r = x - whole * 0.693359375f;
-  r = r - whole * -2.12194440e-4f;
-  float poly = 1.9875691500e-4f;
-  poly = poly * r + 1.3981999507e-3f;
-  poly = poly * r + 8.3334519073e-3f;
-  poly = poly * r + 4.1665795894e-2f;
-  poly = poly * r + 1.6666665459e-1f;
-  poly = poly * r + 5.0000001201e-1f;
-  const float y = poly * (r * r) + r + 1.0f;
+  const float whole = round_small_float(mul_rn(x, 1.44269504088896341f));  // x = whole log(2) + r, |r| <= log(2)/2
+  float r = sub_rn(x, mul_rn(whole, 0.693359375f));
+  r = sub_rn(r, mul_rn(whole, -2.12194440e-4f));
+  constexpr float kPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                              4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+  float poly = kPoly[0];
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int i = 1; i < 6; ++i) poly = add_rn(mul_rn(poly, r), kPoly[i]);
+  const float y = add_rn(add_rn(mul_rn(poly, mul_rn(r, r)), r), 1.0f);
   const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int>(whole) + 127) << 23);  // 2^whole
-  return y * scale;
+  return mul_rn(y, scale);
 }
 
-VIDMEM_HD double exp_acc(double x) { return std::exp(x); }
+VIDMEM_HD_INLINE double exp_acc(double x) { return std::exp(x); }  // libm / CUDA: equal to ~1e-16
 
 // ----------------------------------------------------------------------------- the scalar search
 
@@ -66,7 +67,7 @@ VIDMEM_HD SearchResult<acc_t> dependency_noise_search(acc_t mean_wp, int64_t num
   for (int64_t k = 0; k < num_candidates; ++k) {
     const acc_t s = statistic(k);
     if (k == 0) chosen = s;
-    const acc_t err = std::fabs(mean_wp - s - lambda);
+    const acc_t err = std::fabs(sub_rn(sub_rn(mean_wp, s), lambda));
     if (err < bound) {
       bound = err;
       index = k;
@@ -76,14 +77,16 @@ VIDMEM_HD SearchResult<acc_t> dependency_noise_search(acc_t mean_wp, int64_t num
   acc_t alpha = acc_t(0.1), step = acc_t(0.1), best = acc_t(0);
   for (int64_t t = 0; t < linear_search_times; ++t) {
     const acc_t a = alpha < acc_t(0) ? acc_t(0) : (alpha > acc_t(1) ? acc_t(1) : alpha);
-    const acc_t err = std::fabs((acc_t(1) - std::sqrt(a)) * mean_wp - std::sqrt(acc_t(1) - a) * chosen - lambda);
+    const acc_t err = std::fabs(sub_rn(sub_rn(mul_rn(sub_rn(acc_t(1), std::sqrt(a)), mean_wp),
+                                              mul_rn(std::sqrt(sub_rn(acc_t(1), a)), chosen)),
+                                       lambda));
     if (err <= bound) {
       bound = err;
       best = a;
-      alpha = alpha + step;
+      alpha = add_rn(alpha, step);
     } else {
-      alpha = alpha - acc_t(0.8) * step;
-      step = acc_t(0.2) * step;
+      alpha = sub_rn(alpha, mul_rn(acc_t(0.8), step));
+      step = mul_rn(acc_t(0.2), step);
     }
   }
   return SearchResult<acc_t>{index, best, chosen};
@@ -100,23 +103,25 @@ struct ComposeParams {
   acc_t alpha;
 };
 
-// Running sums over one frame of one batch item, for the search of the next frame.
-template <typename acc_t>
+// Running sums over one frame of one batch item, for the search of the next frame. Products are
+// rounded in the compute dtype and summed in double: whatever order the CPU and the GPU add them in,
+// the sums round to the same float (but for a rounding boundary within ~1e-16), so both search alike.
 struct FrameSums {
-  acc_t weighted_value;    // sum w p
-  acc_t weight_squared;    // sum w^2
-  acc_t weighted_normal;   // sum w n'  (n' of the next frame)
+  double weighted_value;   // sum w p
+  double weight_squared;   // sum w^2
+  double weighted_normal;  // sum w n'  (n' of the next frame)
 
-  VIDMEM_HD void add(acc_t value, acc_t next_normal) {
+  template <typename acc_t>
+  VIDMEM_HD_INLINE void add(acc_t value, acc_t next_normal) {
     const acc_t w = exp_acc(value);
-    weighted_value += w * value;
-    weight_squared += w * w;
-    weighted_normal += w * next_normal;
+    weighted_value = add_rn(weighted_value, static_cast<double>(mul_rn(w, value)));
+    weight_squared = add_rn(weight_squared, static_cast<double>(mul_rn(w, w)));
+    weighted_normal = add_rn(weighted_normal, static_cast<double>(mul_rn(w, next_normal)));
   }
-  VIDMEM_HD void add(const FrameSums& other) {
-    weighted_value += other.weighted_value;
-    weight_squared += other.weight_squared;
-    weighted_normal += other.weighted_normal;
+  VIDMEM_HD_INLINE void add(const FrameSums& other) {
+    weighted_value = add_rn(weighted_value, other.weighted_value);
+    weight_squared = add_rn(weight_squared, other.weight_squared);
+    weighted_normal = add_rn(weighted_normal, other.weighted_normal);
   }
 };
 
@@ -124,35 +129,36 @@ struct FrameSums {
 // The R candidate statistics are N(0, Q / N^2): standard normals from the batch item's statistics
 // stream (frame `frame`, indices 0..R-1) times sqrt(Q) / N.
 template <typename acc_t>
-VIDMEM_HD ComposeParams<acc_t> generator_search(const FrameSums<acc_t>& sums, int64_t frame_numel,
+VIDMEM_HD ComposeParams<acc_t> generator_search(const FrameSums& sums, int64_t frame_numel,
                                                 const NormalStream& statistics, int64_t num_candidates,
                                                 acc_t lambda, int64_t linear_search_times) {
-  const acc_t n = static_cast<acc_t>(frame_numel);
-  const acc_t mean_wp = sums.weighted_value / n;
-  const acc_t sigma = std::sqrt(sums.weight_squared) / n;
-  const auto drawn = [&](int64_t k) { return sigma * statistics.at<acc_t>(static_cast<uint64_t>(k)); };
+  const double n = static_cast<double>(frame_numel);
+  const acc_t mean_wp = static_cast<acc_t>(sums.weighted_value / n);
+  const acc_t sigma = static_cast<acc_t>(std::sqrt(sums.weight_squared) / n);
+  const auto drawn = [&](int64_t k) { return mul_rn(sigma, statistics.at<acc_t>(static_cast<uint64_t>(k))); };
   const SearchResult<acc_t> found =
       dependency_noise_search<acc_t>(mean_wp, num_candidates, drawn, lambda, linear_search_times);
   ComposeParams<acc_t> params;
   params.alpha = found.alpha;
   params.sqrt_alpha = std::sqrt(found.alpha);
-  params.sqrt_one_minus_alpha = std::sqrt(acc_t(1) - found.alpha);
+  params.sqrt_one_minus_alpha = std::sqrt(sub_rn(acc_t(1), found.alpha));
   // S(n') = sums.weighted_normal / N; n* = n' + w (s* - S(n')) N / Q has S(n*) = s* exactly.
-  params.correction = (found.statistic - sums.weighted_normal / n) * n / sums.weight_squared;
+  const double shift = sub_rn(static_cast<double>(found.statistic), sums.weighted_normal / n);
+  params.correction = static_cast<acc_t>(mul_rn(shift, n) / sums.weight_squared);
   return params;
 }
 
 // One element of the next frame from the previous frame's value p and the unconditioned normal n'.
 template <typename acc_t>
 VIDMEM_HD_INLINE acc_t compose_conditioned(acc_t prev, acc_t normal, const ComposeParams<acc_t>& params) {
-  const acc_t conditioned = normal + exp_acc(prev) * params.correction;
-  return params.sqrt_alpha * prev + params.sqrt_one_minus_alpha * conditioned;
+  const acc_t conditioned = add_rn(normal, mul_rn(exp_acc(prev), params.correction));
+  return add_rn(mul_rn(params.sqrt_alpha, prev), mul_rn(params.sqrt_one_minus_alpha, conditioned));
 }
 
 // One element of the step op's frame: sqrt(a) p + sqrt(1 - a) n_index.
 template <typename acc_t>
 VIDMEM_HD_INLINE acc_t compose_plain(acc_t prev, acc_t candidate, acc_t sqrt_alpha, acc_t sqrt_one_minus_alpha) {
-  return sqrt_alpha * prev + sqrt_one_minus_alpha * candidate;
+  return add_rn(mul_rn(sqrt_alpha, prev), mul_rn(sqrt_one_minus_alpha, candidate));
 }
 
 // What the stream layout addresses: the Philox group index (element / 4) and the frame

@@ -98,11 +98,58 @@ VIDMEM_HD_INLINE float select_float(bool cond, float first, float second) {
   return bits_to_float((float_to_bits(first) & mask) | (float_to_bits(second) & ~mask));
 }
 
+// Multiply, add and subtract, each rounded on its own. The CUDA compiler would otherwise fuse
+// a * b + c into one fused multiply-add (one rounding), which x86 CPU code built without FMA never
+// does: with every operation rounded separately the GPU computes the same bits as the CPU, so the
+// same seed gives the same search decisions (and the same noise) on both.
+VIDMEM_HD_INLINE float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+VIDMEM_HD_INLINE float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+VIDMEM_HD_INLINE float sub_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+VIDMEM_HD_INLINE double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+VIDMEM_HD_INLINE double add_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+VIDMEM_HD_INLINE double sub_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+
 // Round to the nearest integer (ties to even) for |x| < 2^22, without a libm
 // call: adding and subtracting 1.5 * 2^23 leaves no fractional bits.
 VIDMEM_HD_INLINE float round_small_float(float x) {
   constexpr float kShifter = 12582912.0f;
-  return (x + kShifter) - kShifter;
+  return sub_rn(add_rn(x, kShifter), kShifter);
 }
 
 // ----------------------------------------------------------------------------- float math for the transform
@@ -116,34 +163,36 @@ VIDMEM_HD_INLINE float log_unit_float(float u) {
   const uint32_t below = mantissa < 0x003504F3u ? 1u : 0u;  // mantissa of sqrt(1/2): m < sqrt(1/2) -> use 2m
   const int exponent = static_cast<int>(bits >> 23) - 126 - static_cast<int>(below);
   const float m = bits_to_float((mantissa | 0x3F000000u) + (below << 23));  // in [sqrt(1/2), sqrt(2))
-  const float x = m - 1.0f;
-  const float z = x * x;
-  float poly = 7.0376836292e-2f;
-  poly = poly * x - 1.1514610310e-1f;
-  poly = poly * x + 1.1676998740e-1f;
-  poly = poly * x - 1.2420140846e-1f;
-  poly = poly * x + 1.4249322787e-1f;
-  poly = poly * x - 1.6668057665e-1f;
-  poly = poly * x + 2.0000714765e-1f;
-  poly = poly * x - 2.4999993993e-1f;
-  poly = poly * x + 3.3333331174e-1f;
+  const float x = sub_rn(m, 1.0f);
+  const float z = mul_rn(x, x);
+  constexpr float kPoly[9] = {7.0376836292e-2f,  -1.1514610310e-1f, 1.1676998740e-1f,
+                              -1.2420140846e-1f, 1.4249322787e-1f,  -1.6668057665e-1f,
+                              2.0000714765e-1f,  -2.4999993993e-1f, 3.3333331174e-1f};
+  float poly = kPoly[0];
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int i = 1; i < 9; ++i) poly = add_rn(mul_rn(poly, x), kPoly[i]);
   const float e = static_cast<float>(exponent);
-  float y = poly * x * z;
-  y = y + e * -2.12194440e-4f;  // log(2) = 0.693359375 - 2.12194440e-4 (the first part has 9 bits)
-  y = y - 0.5f * z;
-  return x + y + e * 0.693359375f;
+  float y = mul_rn(mul_rn(poly, x), z);
+  y = add_rn(y, mul_rn(e, -2.12194440e-4f));  // log(2) = 0.693359375 - 2.12194440e-4 (the first part has 9 bits)
+  y = sub_rn(y, mul_rn(0.5f, z));
+  return add_rn(add_rn(x, y), mul_rn(e, 0.693359375f));
 }
 
 // cos(2 pi t) and sin(2 pi t) for t in [0, 1]: whole quarter turns are taken out
 // exactly (4 t is exact), the rest is an angle in [-pi/4, pi/4] for the polynomials.
 VIDMEM_HD_INLINE void sincos_turns_float(float t, float& cos_out, float& sin_out) {
-  const float quarters = 4.0f * t;
+  const float quarters = mul_rn(4.0f, t);
   const float whole = round_small_float(quarters);
-  const float x = (quarters - whole) * 1.57079632679489662f;
-  const float z = x * x;
-  const float s = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * x + x;
-  const float c = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z + 4.166664568298827e-2f) * z * z -
-                  0.5f * z + 1.0f;
+  const float x = mul_rn(sub_rn(quarters, whole), 1.57079632679489662f);
+  const float z = mul_rn(x, x);
+  float s = add_rn(mul_rn(-1.9515295891e-4f, z), 8.3321608736e-3f);
+  s = sub_rn(mul_rn(s, z), 1.6666654611e-1f);
+  s = add_rn(mul_rn(mul_rn(s, z), x), x);
+  float c = sub_rn(mul_rn(2.443315711809948e-5f, z), 1.388731625493765e-3f);
+  c = add_rn(mul_rn(c, z), 4.166664568298827e-2f);
+  c = add_rn(sub_rn(mul_rn(mul_rn(c, z), z), mul_rn(0.5f, z)), 1.0f);
   // Rotate (c, s) by quadrant * 90 degrees: odd quadrants swap and negate, 2 and 3 negate both.
   const uint32_t quadrant = static_cast<uint32_t>(static_cast<int>(whole)) & 3u;
   const uint32_t swap = 0u - (quadrant & 1u);  // all ones when odd
@@ -158,12 +207,13 @@ VIDMEM_HD_INLINE void sincos_turns_float(float t, float& cos_out, float& sin_out
 // -fno-math-errno its errno branch keeps the CPU compiler from vectorising the transform.
 VIDMEM_HD_INLINE float sqrt_nonnegative_float(float t) {
   float y = bits_to_float(0x5F375A86u - (float_to_bits(t) >> 1));  // ~ 1 / sqrt(t), within 4%
-  const float half_t = 0.5f * t;
-  y = y * (1.5f - half_t * y * y);
-  y = y * (1.5f - half_t * y * y);
-  y = y * (1.5f - half_t * y * y);
-  const float r = t * y;  // 0 at t = 0
-  return r + (0.5f * y) * (t - r * r);  // one correction on the square root itself
+  const float half_t = mul_rn(0.5f, t);
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int i = 0; i < 3; ++i) y = mul_rn(y, sub_rn(1.5f, mul_rn(mul_rn(half_t, y), y)));
+  const float r = mul_rn(t, y);  // 0 at t = 0
+  return add_rn(r, mul_rn(mul_rn(0.5f, y), sub_rn(t, mul_rn(r, r))));  // one correction on the root itself
 }
 
 // ----------------------------------------------------------------------------- words -> normals
@@ -171,23 +221,24 @@ VIDMEM_HD_INLINE float sqrt_nonnegative_float(float t) {
 // Box-Muller on two words: r = sqrt(-2 log u1), angle 2 pi u2.
 VIDMEM_HD_INLINE void box_muller(uint32_t word1, uint32_t word2, float& n1, float& n2) {
   constexpr float kInv24 = 1.0f / 16777216.0f;
-  const float u1 = static_cast<float>((word1 >> 8) + 1u) * kInv24;  // (0, 1], exact
-  const float u2 = static_cast<float>((word2 >> 8) + 1u) * kInv24;
-  const float radius = sqrt_nonnegative_float(-2.0f * log_unit_float(u1));
+  const float u1 = mul_rn(static_cast<float>((word1 >> 8) + 1u), kInv24);  // (0, 1], exact
+  const float u2 = mul_rn(static_cast<float>((word2 >> 8) + 1u), kInv24);
+  const float radius = sqrt_nonnegative_float(mul_rn(-2.0f, log_unit_float(u1)));
   float c, s;
   sincos_turns_float(u2, c, s);
-  n1 = radius * c;
-  n2 = radius * s;
+  n1 = mul_rn(radius, c);
+  n2 = mul_rn(radius, s);
 }
 
 VIDMEM_HD_INLINE void box_muller(uint32_t word1, uint32_t word2, double& n1, double& n2) {
   constexpr double kInv32 = 1.0 / 4294967296.0;
-  const double u1 = (static_cast<double>(word1) + 1.0) * kInv32;  // (0, 1], exact
-  const double u2 = (static_cast<double>(word2) + 1.0) * kInv32;
-  const double radius = std::sqrt(-2.0 * std::log(u1));
-  const double angle = 6.283185307179586477 * u2;
-  n1 = radius * std::cos(angle);
-  n2 = radius * std::sin(angle);
+  // libm here and CUDA's double functions agree to about 1e-16, not to the bit.
+  const double u1 = mul_rn(static_cast<double>(word1) + 1.0, kInv32);  // (0, 1], exact
+  const double u2 = mul_rn(static_cast<double>(word2) + 1.0, kInv32);
+  const double radius = std::sqrt(mul_rn(-2.0, std::log(u1)));
+  const double angle = mul_rn(6.283185307179586477, u2);
+  n1 = mul_rn(radius, std::cos(angle));
+  n2 = mul_rn(radius, std::sin(angle));
 }
 
 // ----------------------------------------------------------------------------- the library's stream layout

@@ -197,13 +197,14 @@ struct FillChunk {
 // frame's own slot of `out` (not written yet) instead of drawing it again: one normal per element and
 // frame, not two. Half types draw it twice (parking would round it), as the CUDA kernel always does.
 template <bool kAvx2, typename scalar_t, typename acc_t>
-VIDMEM_ALWAYS_INLINE FrameSums<double> fill_chunk_body(const FillChunk<scalar_t, acc_t>& job) {
+VIDMEM_ALWAYS_INLINE FrameSums fill_chunk_body(const FillChunk<scalar_t, acc_t>& job) {
   constexpr bool kParkNormals = std::is_same_v<scalar_t, acc_t>;
   const FrameLayout& layout = *job.layout;
   scalar_t* const out = job.out;
   const scalar_t* const prev = job.params == nullptr ? nullptr : out - layout.stride_frame;
-  // Per-lane running sums (vectorisable), added up in lane order at the end.
-  acc_t lane_value[kBlock] = {}, lane_square[kBlock] = {}, lane_normal[kBlock] = {};
+  // Per-lane running sums in double (vectorisable), added up in lane order at the end. Each product is
+  // rounded in acc_t first, as FrameSums::add does on the GPU.
+  double lane_value[kBlock] = {}, lane_square[kBlock] = {}, lane_normal[kBlock] = {};
   int64_t offsets[kBlock];
   acc_t normal[kBlock], next_normal[kBlock], value[kBlock];
   for (int64_t first = job.begin; first < job.end; first += kBlock) {
@@ -256,12 +257,12 @@ VIDMEM_ALWAYS_INLINE FrameSums<double> fill_chunk_body(const FillChunk<scalar_t,
     }
     for (int64_t i = 0; i < count; ++i) {
       const acc_t w = exp_acc(value[i]);
-      lane_value[i] += w * value[i];
-      lane_square[i] += w * w;
-      lane_normal[i] += w * next_normal[i];
+      lane_value[i] += static_cast<double>(w * value[i]);
+      lane_square[i] += static_cast<double>(w * w);
+      lane_normal[i] += static_cast<double>(w * next_normal[i]);
     }
   }
-  FrameSums<double> sums{0.0, 0.0, 0.0};
+  FrameSums sums{0.0, 0.0, 0.0};
   for (int64_t i = 0; i < kBlock; ++i) {
     sums.weighted_value += lane_value[i];
     sums.weight_squared += lane_square[i];
@@ -271,7 +272,7 @@ VIDMEM_ALWAYS_INLINE FrameSums<double> fill_chunk_body(const FillChunk<scalar_t,
 }
 
 template <typename scalar_t, typename acc_t>
-FrameSums<double> fill_chunk_portable(const FillChunk<scalar_t, acc_t>& job) {
+FrameSums fill_chunk_portable(const FillChunk<scalar_t, acc_t>& job) {
   return fill_chunk_body<false>(job);
 }
 
@@ -279,7 +280,7 @@ FrameSums<double> fill_chunk_portable(const FillChunk<scalar_t, acc_t>& job) {
 // The same code compiled for AVX2 (8 float lanes): chosen at run time when the CPU has it. The build
 // does not contract multiply-adds (ISO C++ mode), so both versions give the same bits.
 template <typename scalar_t, typename acc_t>
-__attribute__((target("avx2"))) FrameSums<double> fill_chunk_avx2(const FillChunk<scalar_t, acc_t>& job) {
+__attribute__((target("avx2"))) FrameSums fill_chunk_avx2(const FillChunk<scalar_t, acc_t>& job) {
   return fill_chunk_body<true>(job);
 }
 
@@ -291,7 +292,7 @@ bool cpu_has_avx2() {
 #endif
 
 template <typename scalar_t, typename acc_t>
-FrameSums<double> fill_chunk(const FillChunk<scalar_t, acc_t>& job) {
+FrameSums fill_chunk(const FillChunk<scalar_t, acc_t>& job) {
 #if VIDMEM_NOISE_AVX2
   if (cpu_has_avx2()) return fill_chunk_avx2(job);
 #endif
@@ -305,7 +306,7 @@ void fill_frames(scalar_t* data, const FrameLayout& layout, acc_t* alphas, acc_t
   const int64_t chunk = chunk_size_for(numel);
   const int64_t chunks = (numel + chunk - 1) / chunk;
   const int64_t units = layout.batch * chunks;
-  std::vector<FrameSums<double>> partial(static_cast<size_t>(units));
+  std::vector<FrameSums> partial(static_cast<size_t>(units));
   std::vector<ComposeParams<acc_t>> params(static_cast<size_t>(layout.batch));
 
   for (int64_t frame = 0; frame < layout.frames; ++frame) {
@@ -326,16 +327,14 @@ void fill_frames(scalar_t* data, const FrameLayout& layout, acc_t* alphas, acc_t
       }
     });
     if (!need_sums) break;
-    at::parallel_for(0, layout.batch, 1, [&](int64_t begin, int64_t end) {
+    // The search is scalar work per batch item: threads only pay off for large batches.
+    at::parallel_for(0, layout.batch, 64, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        FrameSums<double> total{0.0, 0.0, 0.0};
+        FrameSums total{0.0, 0.0, 0.0};
         for (int64_t c = 0; c < chunks; ++c) total.add(partial[static_cast<size_t>(b * chunks + c)]);
-        const FrameSums<acc_t> sums{static_cast<acc_t>(total.weighted_value),
-                                    static_cast<acc_t>(total.weight_squared),
-                                    static_cast<acc_t>(total.weighted_normal)};
         const NormalStream statistics = make_normal_stream(seed, offset, b, kCandidateStatistics, frame + 1);
         params[static_cast<size_t>(b)] =
-            generator_search(sums, numel, statistics, num_candidates, lambda, linear_search_times);
+            generator_search(total, numel, statistics, num_candidates, lambda, linear_search_times);
         alphas[b * layout.frames + frame + 1] = params[static_cast<size_t>(b)].alpha;
       }
     });

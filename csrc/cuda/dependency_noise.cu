@@ -9,6 +9,10 @@
 // and leaves frame f + 1's coefficients for the next launch. No float atomics: the result does
 // not depend on the order in which blocks run.
 //
+// Same bits as the CPU (fp32/fp16/bf16): the shared math rounds every operation on its own (no
+// fused multiply-adds, see mul_rn in csrc/philox.h), and the sums are taken in double, so they
+// round to the same float as the CPU's despite the different order; the searches then decide alike.
+//
 // Step op: a statistics kernel (per-chunk sums), a search kernel (one thread per batch item,
 // chunk sums in chunk order) and a write kernel.
 #include <cuda_bf16.h>
@@ -97,10 +101,9 @@ __device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* scratch) {
   return total;
 }
 
-template <typename acc_t>
-__device__ __forceinline__ FrameSums<acc_t> block_sum(FrameSums<acc_t> sums, acc_t (*scratch)[kWarps]) {
-  return FrameSums<acc_t>{block_sum(sums.weighted_value, scratch[0]), block_sum(sums.weight_squared, scratch[1]),
-                          block_sum(sums.weighted_normal, scratch[2])};
+__device__ __forceinline__ FrameSums block_sum(FrameSums sums, double (*scratch)[kWarps]) {
+  return FrameSums{block_sum(sums.weighted_value, scratch[0]), block_sum(sums.weight_squared, scratch[1]),
+                   block_sum(sums.weighted_normal, scratch[2])};
 }
 
 __host__ __device__ __forceinline__ int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -132,7 +135,7 @@ struct FillArgs {
   int64_t num_candidates, linear_search_times;
   uint64_t seed, offset;
   acc_t* alphas;            // (batch, frames)
-  acc_t* partials;          // (batch, chunks, 3)
+  double* partials;         // (batch, chunks, 3): the chunks' FrameSums
   acc_t* params;            // (2, batch, kParamWords): double-buffered by frame parity
   unsigned int* counters;   // (batch,): blocks of the current frame done, reset by the last one
 };
@@ -140,7 +143,7 @@ struct FillArgs {
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) fill_frame_kernel(const FillArgs<scalar_t> a, const int64_t frame) {
   using acc_t = typename Storage<scalar_t>::acc_t;
-  __shared__ acc_t scratch[3][kWarps];
+  __shared__ double scratch[3][kWarps];
   __shared__ bool last_block;
   const bool need_sums = frame + 1 < a.frames;
   const int64_t stride_pre = a.frames * a.post;
@@ -162,7 +165,7 @@ __global__ void __launch_bounds__(kThreads) fill_frame_kernel(const FillArgs<sca
     const NormalStream normals = make_normal_stream(a.seed, a.offset, b, kElementNormals, frame);
     const NormalStream next_normals = make_normal_stream(a.seed, a.offset, b, kElementNormals, frame + 1);
 
-    FrameSums<acc_t> sums{acc_t(0), acc_t(0), acc_t(0)};
+    FrameSums sums{0.0, 0.0, 0.0};
     for (int64_t group = first / 4 + threadIdx.x; group * 4 < end; group += kThreads) {
       acc_t normal[4], next_normal[4];
       normals.group<acc_t>(static_cast<uint64_t>(group), normal);
@@ -188,7 +191,7 @@ __global__ void __launch_bounds__(kThreads) fill_frame_kernel(const FillArgs<sca
 
     sums = block_sum(sums, scratch);
     if (threadIdx.x == 0) {
-      acc_t* partial = a.partials + (b * a.chunks + chunk_index) * 3;
+      double* partial = a.partials + (b * a.chunks + chunk_index) * 3;
       partial[0] = sums.weighted_value;
       partial[1] = sums.weight_squared;
       partial[2] = sums.weighted_normal;
@@ -199,10 +202,10 @@ __global__ void __launch_bounds__(kThreads) fill_frame_kernel(const FillArgs<sca
     __syncthreads();
     if (last_block) {
       __threadfence();  // see every other block's partial
-      FrameSums<acc_t> total{acc_t(0), acc_t(0), acc_t(0)};
+      FrameSums total{0.0, 0.0, 0.0};
       for (int64_t c = threadIdx.x; c < a.chunks; c += kThreads) {  // fixed order: thread, then chunk
-        const acc_t* partial = a.partials + (b * a.chunks + c) * 3;
-        total.add(FrameSums<acc_t>{__ldcg(partial), __ldcg(partial + 1), __ldcg(partial + 2)});
+        const double* partial = a.partials + (b * a.chunks + c) * 3;
+        total.add(FrameSums{__ldcg(partial), __ldcg(partial + 1), __ldcg(partial + 2)});
       }
       total = block_sum(total, scratch);
       if (threadIdx.x == 0) {
@@ -228,7 +231,7 @@ struct FillWorkspace {
   size_t partials_bytes, params_bytes, counters_bytes;
 
   FillWorkspace(int64_t batch, int64_t chunks)
-      : partials_bytes(align_up(sizeof(acc_t) * 3 * batch * chunks)),
+      : partials_bytes(align_up(sizeof(double) * 3 * batch * chunks)),
         params_bytes(align_up(sizeof(acc_t) * 2 * kParamWords * batch)),
         counters_bytes(align_up(sizeof(unsigned int) * batch)) {}
   size_t total() const { return partials_bytes + params_bytes + counters_bytes; }
@@ -255,7 +258,7 @@ cudaError_t launch_fill(const NoiseFillLaunch& args, cudaStream_t stream) {
   a.alphas = static_cast<acc_t*>(args.alphas);
   const FillWorkspace<scalar_t> layout(a.batch, a.chunks);
   char* workspace = static_cast<char*>(args.workspace);
-  a.partials = reinterpret_cast<acc_t*>(workspace);
+  a.partials = reinterpret_cast<double*>(workspace);
   a.params = reinterpret_cast<acc_t*>(workspace + layout.partials_bytes);
   a.counters = reinterpret_cast<unsigned int*>(workspace + layout.partials_bytes + layout.params_bytes);
 
@@ -283,14 +286,14 @@ struct StepArgs {
   int64_t batch, numel, num_candidates, chunk, chunks;
   acc_t lambda;
   int64_t linear_search_times;
-  acc_t* partials;      // (batch, chunks, R + 1): sum w p, then sum w n_k
+  double* partials;     // (batch, chunks, R + 1): sum w p, then sum w n_k (products in acc_t, sums in double)
   acc_t* coefficients;  // (batch, 2): sqrt(alpha), sqrt(1 - alpha)
 };
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) step_stats_kernel(const StepArgs<scalar_t> a) {
   using acc_t = typename Storage<scalar_t>::acc_t;
-  __shared__ acc_t scratch[kWarps];
+  __shared__ double scratch[kWarps];
   const int64_t chunk_index = blockIdx.x;
   const int64_t first = chunk_index * a.chunk;
   const int64_t end = min_i64(a.numel, first + a.chunk);
@@ -299,9 +302,10 @@ __global__ void __launch_bounds__(kThreads) step_stats_kernel(const StepArgs<sca
     const scalar_t* prev = a.prev + b * a.numel;
     for (int64_t k = -1; k < a.num_candidates; ++k) {
       const scalar_t* values = k < 0 ? prev : a.candidates + (k * a.batch + b) * a.numel;
-      acc_t sum = acc_t(0);
+      double sum = 0.0;
       for (int64_t e = first + threadIdx.x; e < end; e += kThreads) {
-        sum += exp_acc(Storage<scalar_t>::load(prev + e)) * Storage<scalar_t>::load(values + e);
+        const acc_t product = mul_rn(exp_acc(Storage<scalar_t>::load(prev + e)), Storage<scalar_t>::load(values + e));
+        sum = add_rn(sum, static_cast<double>(product));
       }
       sum = block_sum(sum, scratch);
       if (threadIdx.x == 0) a.partials[(b * a.chunks + chunk_index) * stats + (k + 1)] = sum;
@@ -315,12 +319,12 @@ __global__ void __launch_bounds__(kThreads) step_search_kernel(const StepArgs<sc
   const int64_t b = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (b >= a.batch) return;
   const int64_t stats = a.num_candidates + 1;
-  const acc_t* sums = a.partials + b * a.chunks * stats;
-  const acc_t n = static_cast<acc_t>(a.numel);
-  const auto mean_of = [&](int64_t slot) {  // chunk sums added in chunk order
-    acc_t total = acc_t(0);
-    for (int64_t c = 0; c < a.chunks; ++c) total += sums[c * stats + slot];
-    return total / n;
+  const double* sums = a.partials + b * a.chunks * stats;
+  const double n = static_cast<double>(a.numel);
+  const auto mean_of = [&](int64_t slot) {  // chunk sums added in chunk order, in double
+    double total = 0.0;
+    for (int64_t c = 0; c < a.chunks; ++c) total = add_rn(total, sums[c * stats + slot]);
+    return static_cast<acc_t>(total / n);
   };
   const auto statistic = [&](int64_t k) { return mean_of(k + 1); };
   const SearchResult<acc_t> found =
@@ -328,7 +332,7 @@ __global__ void __launch_bounds__(kThreads) step_search_kernel(const StepArgs<sc
   a.alpha[b] = found.alpha;
   a.index[b] = found.index;
   a.coefficients[2 * b] = sqrt(found.alpha);
-  a.coefficients[2 * b + 1] = sqrt(acc_t(1) - found.alpha);
+  a.coefficients[2 * b + 1] = sqrt(sub_rn(acc_t(1), found.alpha));
 }
 
 template <typename scalar_t>
@@ -348,7 +352,7 @@ template <typename scalar_t>
 size_t step_workspace_bytes(int64_t batch, int64_t numel, int64_t num_candidates) {
   using acc_t = typename Storage<scalar_t>::acc_t;
   const int64_t chunks = chunk_count(numel, chunk_size_for(numel));
-  return align_up(sizeof(acc_t) * batch * chunks * (num_candidates + 1)) + align_up(sizeof(acc_t) * 2 * batch);
+  return align_up(sizeof(double) * batch * chunks * (num_candidates + 1)) + align_up(sizeof(acc_t) * 2 * batch);
 }
 
 template <typename scalar_t>
@@ -369,9 +373,9 @@ cudaError_t launch_step(const NoiseStepLaunch& args, cudaStream_t stream) {
   a.lambda = static_cast<acc_t>(args.lambda);
   a.linear_search_times = args.linear_search_times;
   char* workspace = static_cast<char*>(args.workspace);
-  a.partials = reinterpret_cast<acc_t*>(workspace);
+  a.partials = reinterpret_cast<double*>(workspace);
   a.coefficients =
-      reinterpret_cast<acc_t*>(workspace + align_up(sizeof(acc_t) * a.batch * a.chunks * (a.num_candidates + 1)));
+      reinterpret_cast<acc_t*>(workspace + align_up(sizeof(double) * a.batch * a.chunks * (a.num_candidates + 1)));
 
   const dim3 stats_grid(static_cast<unsigned int>(a.chunks), static_cast<unsigned int>(min_i64(a.batch, kMaxGridY)));
   step_stats_kernel<scalar_t><<<stats_grid, kThreads, 0, stream>>>(a);
