@@ -161,9 +161,9 @@ VIDMEM_HD_INLINE acc_t compose_plain(acc_t prev, acc_t candidate, acc_t sqrt_alp
   return add_rn(mul_rn(sqrt_alpha, prev), mul_rn(sqrt_one_minus_alpha, candidate));
 }
 
-// What the stream layout addresses: the Philox group index (element / 4) and the frame
-// index are one 32-bit counter word each.
+// What the stream layout addresses: the Philox group index (element / 4) and the batch
+// item are one 32-bit counter word each.
 constexpr int64_t kMaxFrameNumel = int64_t(4) * (int64_t(1) << 32);
-constexpr int64_t kMaxFrames = int64_t(1) << 32;
+constexpr int64_t kMaxBatch = int64_t(1) << 32;
 
 }  // namespace vidmem

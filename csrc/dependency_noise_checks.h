@@ -36,9 +36,9 @@ inline int64_t check_fill_args(const at::Tensor& out, double lambda_i, int64_t r
   const int64_t frame_numel = out.size(0) == 0 || out.size(frame_dim) == 0
                                   ? 0
                                   : out.numel() / (out.size(0) * out.size(frame_dim));
-  TORCH_CHECK(frame_numel <= kMaxFrameNumel && out.size(frame_dim) <= kMaxFrames, "out: frames of ", frame_numel,
-              " elements per batch item (at most ", kMaxFrameNumel, ") and ", out.size(frame_dim),
-              " frames (at most ", kMaxFrames, ") exceed what the Philox stream layout addresses");
+  TORCH_CHECK(frame_numel <= kMaxFrameNumel && out.size(0) <= kMaxBatch, "out: frames of ", frame_numel,
+              " elements (at most ", kMaxFrameNumel, ") and a batch of ", out.size(0), " (at most ", kMaxBatch,
+              ") exceed what the Philox stream layout addresses");
   return frame_dim;
 }
 

@@ -243,23 +243,30 @@ VIDMEM_HD_INLINE void box_muller(uint32_t word1, uint32_t word2, double& n1, dou
 
 // ----------------------------------------------------------------------------- the library's stream layout
 
-// Every normal the noise kernels draw is addressed by (key, stream, frame, index):
-//   Philox counter = (index / 4, frame, stream low 32 bits, stream high 32 bits), key = (seed low, seed high),
-//   and the normal is number index % 4 of the four that counter gives.
-// The layout names no thread, block or chunk, so any parallel schedule (and the
-// CPU and the GPU) reads the same numbers. `stream` = offset + 2 * batch + purpose.
+// Every normal the noise kernels draw is addressed by (seed, position, group, batch item):
+//   key = (seed low 32 bits, seed high 32 bits),
+//   Philox counter = (position low, position high, group, batch item),
+//   position = offset + 2 * frame + purpose,
+// and element (or candidate) e is normal number e % 4 of the four that group e / 4 gives.
+// This is how torch lays out its own Philox draws (counter words 0-1: the position, which its
+// generator's offset / 4 advances; words 2-3: the subsequence), so a call that reads positions
+// offset .. offset + 2F - 1 and advances the generator past them never reuses another call's
+// numbers. The layout names no thread, block or chunk: any parallel schedule (and the CPU and
+// the GPU) reads the same numbers.
 struct NormalStream {
-  uint32_t key0, key1;    // the seed
-  uint64_t stream;        // offset + 2 * batch item + purpose
-  uint32_t frame;
+  uint32_t key0, key1;  // the seed
+  uint64_t position;    // offset + 2 * frame + purpose
+  uint32_t batch;
 
-  // The four normals of counter group `group` (elements 4 * group .. 4 * group + 3).
+  VIDMEM_HD_INLINE PhiloxCounter counter(uint64_t group_index) const {
+    return PhiloxCounter{{static_cast<uint32_t>(position), static_cast<uint32_t>(position >> 32),
+                          static_cast<uint32_t>(group_index), batch}};
+  }
+
+  // The four normals of counter group `group_index` (elements 4 * group_index .. + 3).
   template <typename acc_t>
   VIDMEM_HD_INLINE void group(uint64_t group_index, acc_t out[4]) const {
-    const PhiloxCounter words = philox4x32_10(
-        PhiloxCounter{{static_cast<uint32_t>(group_index), frame, static_cast<uint32_t>(stream),
-                       static_cast<uint32_t>(stream >> 32)}},
-        key0, key1);
+    const PhiloxCounter words = philox4x32_10(counter(group_index), key0, key1);
     box_muller(words.x[0], words.x[1], out[0], out[1]);
     box_muller(words.x[2], words.x[3], out[2], out[3]);
   }
@@ -272,16 +279,16 @@ struct NormalStream {
   }
 };
 
-// Purposes of the two streams of each batch item.
+// What each frame reads: two positions per frame.
 enum NoisePurpose : uint32_t {
-  kElementNormals = 0,    // frame 0 and the unconditioned candidate n' of every later frame
+  kElementNormals = 0,       // frame 0, and the unconditioned candidate n' of every later frame
   kCandidateStatistics = 1,  // the R candidate statistics S_k of every later frame (standardised)
 };
 
 VIDMEM_HD_INLINE NormalStream make_normal_stream(uint64_t seed, uint64_t offset, int64_t batch, uint32_t purpose,
-                                          int64_t frame) {
+                                                 int64_t frame) {
   return NormalStream{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
-                      offset + 2 * static_cast<uint64_t>(batch) + purpose, static_cast<uint32_t>(frame)};
+                      offset + 2 * static_cast<uint64_t>(frame) + purpose, static_cast<uint32_t>(batch)};
 }
 
 }  // namespace vidmem

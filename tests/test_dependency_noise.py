@@ -133,12 +133,12 @@ def python_philox4x32_10(counter, key):
 def python_frame0(seed, offset, batch, numel, dtype):
     """Frame 0 of batch item `batch` from the documented stream layout, in float64."""
     groups = np.arange((numel + 3) // 4, dtype=np.uint64)
-    stream = offset + 2 * batch  # purpose 0: element normals
+    position = offset + 0  # 2 * frame + purpose, purpose 0: element normals
     counter = (
+        np.full_like(groups, position & 0xFFFFFFFF),
+        np.full_like(groups, position >> 32),
         groups,
-        np.zeros_like(groups),
-        np.full_like(groups, stream & 0xFFFFFFFF),
-        np.full_like(groups, stream >> 32),
+        np.full_like(groups, batch),
     )
     x0, x1, x2, x3 = python_philox4x32_10(counter, (seed & 0xFFFFFFFF, seed >> 32))
     if dtype == torch.float64:
@@ -288,12 +288,17 @@ def test_step_op_checks_its_arguments_too():
 def test_frame0_is_the_documented_philox_stream(dtype):
     seed = 0x1234_5678_9ABC_DEF0  # both key words non-zero
     shape = (3, 2, 5, 7)  # 35 elements per frame: the last Philox group is partial
+    atol = 2e-6 if dtype == torch.float32 else 1e-12
     x = vidmem_ext.dependency_noise(shape, seed=seed, dtype=dtype)
     for b in range(shape[0]):
-        want = python_frame0(seed, 0, b, 35, dtype)
-        torch.testing.assert_close(
-            x[b, 0].flatten().double(), want, atol=2e-6 if dtype == torch.float32 else 1e-12, rtol=0
-        )
+        torch.testing.assert_close(x[b, 0].flatten().double(), python_frame0(seed, 0, b, 35, dtype), atol=atol, rtol=0)
+    # The op's offset is the first counter position (both 32-bit words of it).
+    for offset in (6, 2**32 + 5):
+        out = torch.empty(shape, dtype=dtype)
+        torch.ops.vidmem_ext.dependency_noise_fill_(out, 0.5, 10, 15, 1, noise._as_int64(seed), offset)
+        for b in range(shape[0]):
+            want = python_frame0(seed, offset, b, 35, dtype)
+            torch.testing.assert_close(out[b, 0].flatten().double(), want, atol=atol, rtol=0)
 
 
 def test_portable_and_avx2_code_give_the_same_bits(tmp_path):
@@ -601,6 +606,10 @@ def test_cuda_matches_cpu_with_seed(dtype, frame_dim):
 
 @pytest.mark.cuda
 def test_cuda_generator_offsets_advance_and_manual_seed_reproduces():
+    gen = torch.cuda.default_generators[torch.cuda.current_device()]
+    before = gen.get_offset()
+    vidmem_ext.dependency_noise((2, 4, 64), 0.5, device="cuda")
+    assert gen.get_offset() == before + 4 * 2 * 4  # two counter positions per frame, 4 draws each
     torch.manual_seed(0)
     a = vidmem_ext.dependency_noise((2, 4, 64), 0.5, device="cuda")
     b = vidmem_ext.dependency_noise((2, 4, 64), 0.5, device="cuda")

@@ -54,23 +54,25 @@ def _as_int64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _philox_seed_offset(generator, seed, device: torch.device, num_streams: int) -> tuple[int, int]:
-    """Key and first stream of the Philox4x32-10 numbers that the fused kernels read.
+def _philox_seed_offset(generator, seed, device: torch.device, num_positions: int) -> tuple[int, int]:
+    """Key and first counter position of the Philox4x32-10 numbers that the fused kernels read.
 
-    seed=int keys the stream by that integer (the same noise on CPU and CUDA).
-    Otherwise the torch generator (or the device's default one) provides it:
-    on CUDA its Philox seed and offset, the offset advanced past the
-    `num_streams` streams this call reads; on the CPU a 63-bit key drawn from
-    it. Either way torch.manual_seed reproduces a result and successive calls
-    differ. Both are returned as int64 bit patterns.
+    The kernels read counters (position, position >> 32, group, batch item) for positions
+    offset .. offset + num_positions - 1 (two per frame), as torch's own kernels read
+    (offset / 4 + i, ..., subsequence). seed=int keys the stream by that integer, from position 0
+    (the same noise on CPU and CUDA). Otherwise the torch generator (or the device's default
+    one) provides it: on CUDA its Philox seed and offset / 4, with the offset advanced past the
+    positions this call reads; on the CPU a 63-bit key drawn from it. Either way
+    torch.manual_seed reproduces a result and successive calls differ. Both are returned as
+    int64 bit patterns.
     """
     if seed is not None:
         return _as_int64(int(seed)), 0
     if device.type == "cuda":
         gen = generator if generator is not None else torch.cuda.default_generators[device.index or 0]
-        offset = gen.get_offset()
-        gen.set_offset(offset + 4 * ((num_streams + 3) // 4))  # torch keeps offsets a multiple of 4
-        return _as_int64(gen.initial_seed()), _as_int64(offset)
+        offset = gen.get_offset()  # in 32-bit draws per subsequence: 4 per counter position
+        gen.set_offset(offset + 4 * num_positions)
+        return _as_int64(gen.initial_seed()), _as_int64(offset // 4)
     key = torch.randint(0, 2**63 - 1, (1,), generator=generator, dtype=torch.int64)
     return int(key.item()), 0
 
@@ -146,7 +148,7 @@ def dependency_noise(
 
     if _use_kernel("dependency_noise", device.type):
         out = torch.empty(shape, dtype=dtype, device=device)
-        key, offset = _philox_seed_offset(generator, seed, device, 2 * shape[0])
+        key, offset = _philox_seed_offset(generator, seed, device, 2 * shape[frame_dim])
         alphas = torch.ops.vidmem_ext.dependency_noise_fill_(
             out, lambda_i, random_search_times, linear_search_times, frame_dim, key, offset
         )

@@ -90,10 +90,7 @@ VIDMEM_ALWAYS_INLINE bool consecutive_or_offsets(const FrameLayout& layout, int6
 VIDMEM_ALWAYS_INLINE void philox_block_portable(const NormalStream& stream, uint64_t first_group,
                                                 uint32_t* first_word, uint32_t* second_word) {
   for (int g = 0; g < kBlock / 4; ++g) {
-    const PhiloxCounter words = philox4x32_10(
-        PhiloxCounter{{static_cast<uint32_t>(first_group + g), stream.frame, static_cast<uint32_t>(stream.stream),
-                       static_cast<uint32_t>(stream.stream >> 32)}},
-        stream.key0, stream.key1);
+    const PhiloxCounter words = philox4x32_10(stream.counter(first_group + g), stream.key0, stream.key1);
     first_word[2 * g] = words.x[0];
     second_word[2 * g] = words.x[1];
     first_word[2 * g + 1] = words.x[2];
@@ -119,11 +116,11 @@ __attribute__((target("avx2"))) void philox_block_avx2(const NormalStream& strea
   const __m256i mul0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
   const __m256i mul1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
   for (int half = 0; half < 2; ++half) {
-    const uint32_t base = static_cast<uint32_t>(first_group) + 8u * static_cast<uint32_t>(half);
-    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(base)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    __m256i c1 = _mm256_set1_epi32(static_cast<int>(stream.frame));
-    __m256i c2 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(stream.stream)));
-    __m256i c3 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(stream.stream >> 32)));
+    const PhiloxCounter first = stream.counter(first_group + 8u * static_cast<uint32_t>(half));
+    __m256i c0 = _mm256_set1_epi32(static_cast<int>(first.x[0]));
+    __m256i c1 = _mm256_set1_epi32(static_cast<int>(first.x[1]));
+    __m256i c2 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(first.x[2])), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i c3 = _mm256_set1_epi32(static_cast<int>(first.x[3]));
     uint32_t key0 = stream.key0, key1 = stream.key1;
     for (int round = 0; round < 10; ++round) {
       __m256i hi0, lo0, hi1, lo1;
