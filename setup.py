@@ -7,6 +7,7 @@ TORCH_CUDA_ARCH_LIST is honoured; the default covers sm_80 and sm_90 (+PTX).
 
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -46,9 +47,21 @@ def _extensions():
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc")]
     cxx_flags = ["-O3"]
+    link_flags = []
+    if sys.platform.startswith("linux"):
+        # at::parallel_for is header code: without OpenMP enabled here it runs on one thread. At run
+        # time the libgomp.so.1 that torch has already loaded serves it (same soname), so there is one pool.
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     if not _cuda_wanted():
         return [
-            CppExtension("vidmem_ext._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags})
+            CppExtension(
+                "vidmem_ext._C",
+                sources,
+                include_dirs=include_dirs,
+                extra_compile_args={"cxx": cxx_flags},
+                extra_link_args=link_flags,
+            )
         ]
 
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_CUDA_ARCHS
@@ -61,6 +74,7 @@ def _extensions():
             sources,
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx_flags + define, "nvcc": ["-O3", "-lineinfo"] + define},
+            extra_link_args=link_flags,
         )
     ]
 

@@ -42,22 +42,37 @@ def _check_count(value, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _philox_seed_offset(generator, seed, device: torch.device, num_streams: int) -> tuple[int, int]:
-    """Key and first counter of the Philox stream that the fused kernels read.
+@torch.compiler.assume_constant_result
+def _use_kernel(op: str, device_type: str) -> bool:
+    """_backend.use_kernel, as a constant to torch.compile (dynamo cannot trace the dispatcher query)."""
+    return _backend.use_kernel(op, device_type)
 
-    seed=int keys the stream by that integer (the same noise on CPU and CUDA).
-    Otherwise the torch generator (or the device's default one) provides it:
-    on CUDA its Philox seed and offset, advanced past what this call uses; on
-    the CPU a 63-bit key drawn from it. Either way torch.manual_seed reproduces
-    a result and successive calls differ.
+
+def _as_int64(value: int) -> int:
+    """The 64-bit pattern of value as a signed int64 (the op schema's int); the kernels read it unsigned."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _philox_seed_offset(generator, seed, device: torch.device, num_positions: int) -> tuple[int, int]:
+    """Key and first counter position of the Philox4x32-10 numbers that the fused kernels read.
+
+    The kernels read counters (position, position >> 32, group, batch item) for positions
+    offset .. offset + num_positions - 1 (two per frame), as torch's own kernels read
+    (offset / 4 + i, ..., subsequence). seed=int keys the stream by that integer, from position 0
+    (the same noise on CPU and CUDA). Otherwise the torch generator (or the device's default
+    one) provides it: on CUDA its Philox seed and offset / 4, with the offset advanced past the
+    positions this call reads; on the CPU a 63-bit key drawn from it. Either way
+    torch.manual_seed reproduces a result and successive calls differ. Both are returned as
+    int64 bit patterns.
     """
     if seed is not None:
-        return int(seed) & ((1 << 64) - 1), 0
+        return _as_int64(int(seed)), 0
     if device.type == "cuda":
         gen = generator if generator is not None else torch.cuda.default_generators[device.index or 0]
-        offset = gen.get_offset()
-        gen.set_offset(offset + 4 * ((num_streams + 3) // 4))  # torch keeps offsets a multiple of 4
-        return gen.initial_seed(), offset
+        offset = gen.get_offset()  # in 32-bit draws per subsequence: 4 per counter position
+        gen.set_offset(offset + 4 * num_positions)
+        return _as_int64(gen.initial_seed()), _as_int64(offset // 4)
     key = torch.randint(0, 2**63 - 1, (1,), generator=generator, dtype=torch.int64)
     return int(key.item()), 0
 
@@ -116,6 +131,8 @@ def dependency_noise(
             raise ValueError("pass either generator or seed, not both")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     dtype = dtype or torch.get_default_dtype()
     if dtype not in _FLOAT_DTYPES:
         raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype}")
@@ -126,10 +143,12 @@ def dependency_noise(
     )
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but the noise is made on {device}")
 
-    if _backend.use_kernel("dependency_noise", device):
+    if _use_kernel("dependency_noise", device.type):
         out = torch.empty(shape, dtype=dtype, device=device)
-        key, offset = _philox_seed_offset(generator, seed, device, 2 * shape[0])
+        key, offset = _philox_seed_offset(generator, seed, device, 2 * shape[frame_dim])
         alphas = torch.ops.vidmem_ext.dependency_noise_fill_(
             out, lambda_i, random_search_times, linear_search_times, frame_dim, key, offset
         )
@@ -170,7 +189,7 @@ def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i
         raise ValueError("candidates must hold at least one candidate (R >= 1)")
     lambda_i = _check_lambda(lambda_i)
     linear_search_times = _check_count(linear_search_times, "linear_search_times", 0)
-    if _backend.use_kernel("dependency_noise_step", prev.device):
+    if _use_kernel("dependency_noise_step", prev.device.type):
         return torch.ops.vidmem_ext.dependency_noise_step(prev, candidates, lambda_i, linear_search_times)
     return reference.dependency_noise_step(prev, candidates, lambda_i, linear_search_times)
 
@@ -184,6 +203,32 @@ if _backend.compiled():
         batch = prev.shape[0]
         alpha = prev.new_empty((batch,), dtype=_acc_dtype(prev.dtype))
         return torch.empty_like(prev), alpha, prev.new_empty((batch,), dtype=torch.int64)
+
+    def _step_setup_context(ctx, inputs, output):
+        _, candidates, _, _ = inputs
+        _, alpha, index = output
+        ctx.save_for_backward(alpha, index)
+        ctx.candidates_shape = candidates.shape
+
+    def _step_backward(ctx, grad_frame, grad_alpha, grad_index):
+        # frame = sqrt(alpha) prev + sqrt(1 - alpha) candidates[index]; alpha and index are piecewise
+        # constant in the inputs (chosen by comparisons), so they carry no gradient.
+        alpha, index = ctx.saved_tensors
+        if grad_frame is None:
+            return None, None, None, None
+        batch = grad_frame.shape[0]
+        scale_shape = (batch,) + (1,) * (grad_frame.dim() - 1)
+        grad = grad_frame.to(alpha.dtype)
+        grad_prev = (grad * alpha.sqrt().reshape(scale_shape)).to(grad_frame.dtype)
+        grad_chosen = (grad * (1 - alpha).sqrt().reshape(scale_shape)).to(grad_frame.dtype)
+        grad_candidates = grad_frame.new_zeros(ctx.candidates_shape)
+        where = index.reshape((1,) + scale_shape).expand((1,) + tuple(grad_frame.shape))
+        grad_candidates.scatter_(0, where, grad_chosen.unsqueeze(0))
+        return grad_prev, grad_candidates, None, None
+
+    torch.library.register_autograd(
+        "vidmem_ext::dependency_noise_step", _step_backward, setup_context=_step_setup_context
+    )
 
     @torch.library.register_fake("vidmem_ext::dependency_noise_fill_")
     def _fill_fake(out, lambda_i, random_search_times, linear_search_times, frame_dim, seed, offset):

@@ -99,7 +99,7 @@ def _frame_error(noise: torch.Tensor, prev: torch.Tensor, lambda_i: float) -> to
     kl_div with log_target=True is exp(p) * (p - n) elementwise.
     """
     kl = F.kl_div(noise, prev, reduction="none", log_target=True)
-    return (kl.flatten(1).mean(1) - lambda_i).abs()
+    return (kl.reshape(kl.shape[0], -1).mean(1) - lambda_i).abs()  # (B,) prev: one element per frame
 
 
 def _compose(prev: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,169 @@
+// Dependency noise (SEMANTICS.md section 2): the per-element and scalar math
+// shared by the CPU kernels (csrc/cpu/dependency_noise.cpp) and the CUDA
+// kernels (csrc/cuda/dependency_noise.cu). No torch headers here.
+//
+// With w = exp(p) for the previous frame p of one batch item (N elements):
+//   A = mean(w p),  S(n) = mean(w n),  err(n) = |A - S(n) - lambda|,
+//   err(compose(a)) = |(1 - sqrt a) A - sqrt(1 - a) S(n*) - lambda|,
+// so the whole search is scalar arithmetic on A and the candidates' S_k
+// (dependency_noise_search). The fused generator draws S_k ~ N(0, Q / N^2),
+// Q = sum(w^2), and then the winning candidate conditioned on its statistic:
+//   n* = n' + w (s* - S(n')) N / Q,  n' ~ N(0, I),
+// and writes sqrt(a) p + sqrt(1 - a) n* (compose_conditioned).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "philox.h"
+#include "vidmem_common.h"
+
+namespace vidmem {
+
+// exp for the weights w = exp(p). The float version is a branch-free polynomial
+// (1 ulp on [-87, 88] against libm; the argument is clamped there, so it never
+// overflows to inf and never returns a denormal) that vectorises on the CPU and
+// gives the same bits on the GPU (every operation rounded on its own).
+VIDMEM_HD_INLINE float exp_acc(float x) {
+  x = select_float(x < -87.0f, -87.0f, x);
+  x = select_float(x > 88.0f, 88.0f, x);
+  const float whole = round_small_float(mul_rn(x, 1.44269504088896341f));  // x = whole log(2) + r, |r| <= log(2)/2
+  float r = sub_rn(x, mul_rn(whole, 0.693359375f));
+  r = sub_rn(r, mul_rn(whole, -2.12194440e-4f));
+  constexpr float kPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                              4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+  float poly = kPoly[0];
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int i = 1; i < 6; ++i) poly = add_rn(mul_rn(poly, r), kPoly[i]);
+  const float y = add_rn(add_rn(mul_rn(poly, mul_rn(r, r)), r), 1.0f);
+  const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int>(whole) + 127) << 23);  // 2^whole
+  return mul_rn(y, scale);
+}
+
+VIDMEM_HD_INLINE double exp_acc(double x) { return std::exp(x); }  // libm / CUDA: equal to ~1e-16
+
+// ----------------------------------------------------------------------------- the scalar search
+
+template <typename acc_t>
+struct SearchResult {
+  int64_t index;   // the first candidate with the smallest error
+  acc_t alpha;     // the best alpha the line search evaluated (0 if none was accepted)
+  acc_t statistic; // S of the chosen candidate
+};
+
+// The random search over R candidates (statistic(k) = S_k) followed by the line
+// search on alpha, exactly as SEMANTICS.md section 2 reads, on the sufficient
+// statistics. One function for the step op and the generator, CPU and GPU.
+// NaN errors never win (every comparison with NaN is false), as in the literal
+// transcription: if every error is NaN, candidate 0 is chosen and alpha stays 0.
+template <typename acc_t, typename StatisticFn>
+VIDMEM_HD SearchResult<acc_t> dependency_noise_search(acc_t mean_wp, int64_t num_candidates, StatisticFn statistic,
+                                                      acc_t lambda, int64_t linear_search_times) {
+  acc_t bound = static_cast<acc_t>(INFINITY);
+  int64_t index = 0;
+  acc_t chosen = acc_t(0);
+  for (int64_t k = 0; k < num_candidates; ++k) {
+    const acc_t s = statistic(k);
+    if (k == 0) chosen = s;
+    const acc_t err = std::fabs(sub_rn(sub_rn(mean_wp, s), lambda));
+    if (err < bound) {
+      bound = err;
+      index = k;
+      chosen = s;
+    }
+  }
+  acc_t alpha = acc_t(0.1), step = acc_t(0.1), best = acc_t(0);
+  for (int64_t t = 0; t < linear_search_times; ++t) {
+    const acc_t a = alpha < acc_t(0) ? acc_t(0) : (alpha > acc_t(1) ? acc_t(1) : alpha);
+    const acc_t err = std::fabs(sub_rn(sub_rn(mul_rn(sub_rn(acc_t(1), std::sqrt(a)), mean_wp),
+                                              mul_rn(std::sqrt(sub_rn(acc_t(1), a)), chosen)),
+                                       lambda));
+    if (err <= bound) {
+      bound = err;
+      best = a;
+      alpha = add_rn(alpha, step);
+    } else {
+      alpha = sub_rn(alpha, mul_rn(acc_t(0.8), step));
+      step = mul_rn(acc_t(0.2), step);
+    }
+  }
+  return SearchResult<acc_t>{index, best, chosen};
+}
+
+// ----------------------------------------------------------------------------- composing the next frame
+
+// What one batch item's next frame needs: frame = sqrt_alpha p + sqrt_one_minus_alpha (n' + w correction).
+template <typename acc_t>
+struct ComposeParams {
+  acc_t sqrt_alpha;
+  acc_t sqrt_one_minus_alpha;
+  acc_t correction;  // (s* - S(n')) N / Q: moves n' onto the chosen statistic
+  acc_t alpha;
+};
+
+// Running sums over one frame of one batch item, for the search of the next frame. Products are
+// rounded in the compute dtype and summed in double: whatever order the CPU and the GPU add them in,
+// the sums round to the same float (but for a rounding boundary within ~1e-16), so both search alike.
+struct FrameSums {
+  double weighted_value;   // sum w p
+  double weight_squared;   // sum w^2
+  double weighted_normal;  // sum w n'  (n' of the next frame)
+
+  template <typename acc_t>
+  VIDMEM_HD_INLINE void add(acc_t value, acc_t next_normal) {
+    const acc_t w = exp_acc(value);
+    weighted_value = add_rn(weighted_value, static_cast<double>(mul_rn(w, value)));
+    weight_squared = add_rn(weight_squared, static_cast<double>(mul_rn(w, w)));
+    weighted_normal = add_rn(weighted_normal, static_cast<double>(mul_rn(w, next_normal)));
+  }
+  VIDMEM_HD_INLINE void add(const FrameSums& other) {
+    weighted_value = add_rn(weighted_value, other.weighted_value);
+    weight_squared = add_rn(weight_squared, other.weight_squared);
+    weighted_normal = add_rn(weighted_normal, other.weighted_normal);
+  }
+};
+
+// The generator's search for one batch item's next frame, from the sums over its previous frame.
+// The R candidate statistics are N(0, Q / N^2): standard normals from the batch item's statistics
+// stream (frame `frame`, indices 0..R-1) times sqrt(Q) / N.
+template <typename acc_t>
+VIDMEM_HD ComposeParams<acc_t> generator_search(const FrameSums& sums, int64_t frame_numel,
+                                                const NormalStream& statistics, int64_t num_candidates,
+                                                acc_t lambda, int64_t linear_search_times) {
+  const double n = static_cast<double>(frame_numel);
+  const acc_t mean_wp = static_cast<acc_t>(sums.weighted_value / n);
+  const acc_t sigma = static_cast<acc_t>(std::sqrt(sums.weight_squared) / n);
+  const auto drawn = [&](int64_t k) { return mul_rn(sigma, statistics.at<acc_t>(static_cast<uint64_t>(k))); };
+  const SearchResult<acc_t> found =
+      dependency_noise_search<acc_t>(mean_wp, num_candidates, drawn, lambda, linear_search_times);
+  ComposeParams<acc_t> params;
+  params.alpha = found.alpha;
+  params.sqrt_alpha = std::sqrt(found.alpha);
+  params.sqrt_one_minus_alpha = std::sqrt(sub_rn(acc_t(1), found.alpha));
+  // S(n') = sums.weighted_normal / N; n* = n' + w (s* - S(n')) N / Q has S(n*) = s* exactly.
+  const double shift = sub_rn(static_cast<double>(found.statistic), sums.weighted_normal / n);
+  params.correction = static_cast<acc_t>(mul_rn(shift, n) / sums.weight_squared);
+  return params;
+}
+
+// One element of the next frame from the previous frame's value p and the unconditioned normal n'.
+template <typename acc_t>
+VIDMEM_HD_INLINE acc_t compose_conditioned(acc_t prev, acc_t normal, const ComposeParams<acc_t>& params) {
+  const acc_t conditioned = add_rn(normal, mul_rn(exp_acc(prev), params.correction));
+  return add_rn(mul_rn(params.sqrt_alpha, prev), mul_rn(params.sqrt_one_minus_alpha, conditioned));
+}
+
+// One element of the step op's frame: sqrt(a) p + sqrt(1 - a) n_index.
+template <typename acc_t>
+VIDMEM_HD_INLINE acc_t compose_plain(acc_t prev, acc_t candidate, acc_t sqrt_alpha, acc_t sqrt_one_minus_alpha) {
+  return add_rn(mul_rn(sqrt_alpha, prev), mul_rn(sqrt_one_minus_alpha, candidate));
+}
+
+// What the stream layout addresses: the Philox group index (element / 4) and the batch
+// item are one 32-bit counter word each.
+constexpr int64_t kMaxFrameNumel = int64_t(4) * (int64_t(1) << 32);
+constexpr int64_t kMaxBatch = int64_t(1) << 32;
+
+}  // namespace vidmem
