@@ -42,12 +42,6 @@ def _check_count(value, name: str, minimum: int) -> int:
     return int(value)
 
 
-@torch.compiler.assume_constant_result
-def _use_kernel(op: str, device_type: str) -> bool:
-    """_backend.use_kernel, as a constant to torch.compile (dynamo cannot trace the dispatcher query)."""
-    return _backend.use_kernel(op, device_type)
-
-
 def _as_int64(value: int) -> int:
     """The 64-bit pattern of value as a signed int64 (the op schema's int); the kernels read it unsigned."""
     value &= (1 << 64) - 1
@@ -146,7 +140,7 @@ def dependency_noise(
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"generator is on {generator.device} but the noise is made on {device}")
 
-    if _use_kernel("dependency_noise", device.type):
+    if _backend.use_kernel("dependency_noise", device):
         out = torch.empty(shape, dtype=dtype, device=device)
         key, offset = _philox_seed_offset(generator, seed, device, 2 * shape[frame_dim])
         alphas = torch.ops.vidmem_ext.dependency_noise_fill_(
@@ -189,7 +183,7 @@ def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i
         raise ValueError("candidates must hold at least one candidate (R >= 1)")
     lambda_i = _check_lambda(lambda_i)
     linear_search_times = _check_count(linear_search_times, "linear_search_times", 0)
-    if _use_kernel("dependency_noise_step", prev.device.type):
+    if _backend.use_kernel("dependency_noise_step", prev.device):
         return torch.ops.vidmem_ext.dependency_noise_step(prev, candidates, lambda_i, linear_search_times)
     return reference.dependency_noise_step(prev, candidates, lambda_i, linear_search_times)
 
