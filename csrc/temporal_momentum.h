@@ -17,7 +17,7 @@
 
 #include "vidmem_common.h"
 
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)  // device pass only: the host compiler does not know the pragma
 #define VIDMEM_MOMENTUM_UNROLL _Pragma("unroll")
 #else
 #define VIDMEM_MOMENTUM_UNROLL
@@ -63,8 +63,14 @@ VIDMEM_MOMENTUM_UNROLL
   for (int d = kMaxLaneDims - 1; d >= 0; --d) {
     if (d < layout.dims) {
       const int64_t size = layout.size[d];
-      c.index[d] = lane % size;
-      lane /= size;
+      if (((static_cast<uint64_t>(lane) | static_cast<uint64_t>(size)) >> 32) == 0) {  // 32-bit division is cheaper
+        const uint32_t l = static_cast<uint32_t>(lane), s = static_cast<uint32_t>(size);
+        c.index[d] = l % s;
+        lane = l / s;
+      } else {
+        c.index[d] = lane % size;
+        lane /= size;
+      }
     } else {
       c.index[d] = 0;
     }
