@@ -23,7 +23,12 @@ namespace vidmem {
 namespace momentum {
 namespace {
 
-constexpr int64_t kBlockLanes = 2048;   // lanes per task: long contiguous runs per frame, state in L1/L2
+// Lanes per task. With a unit inner stride: long contiguous runs per frame, state in L1/L2.
+// Otherwise (typically the frame axis is the contiguous one) each lane is its own stream, so a
+// task takes few lanes: their independent recurrences interleave and the streams stay few
+// enough for the TLB and the prefetchers.
+constexpr int64_t kBlockLanes = 2048;
+constexpr int64_t kStridedBlockLanes = 8;
 constexpr int64_t kChunkFrames = 1024;  // frames per chunk when lanes alone make too few tasks
 
 // Chunking depends on the shape only, so results do not depend on the thread count.
@@ -46,9 +51,12 @@ struct TaskGrid {
   int64_t chunk_len;
   int64_t chunks;
 
-  explicit TaskGrid(const Layout& layout) {
+  int64_t block_lanes;
+
+  TaskGrid(const Layout& layout, bool unit_stride) {
+    block_lanes = unit_stride ? kBlockLanes : kStridedBlockLanes;
     inner = layout.size[layout.dims - 1];
-    per_row = (inner + kBlockLanes - 1) / kBlockLanes;
+    per_row = (inner + block_lanes - 1) / block_lanes;
     per_chunk = (layout.lanes / inner) * per_row;
     chunk_len = cpu_chunk_len(per_chunk, layout.frames);
     chunks = (layout.frames + chunk_len - 1) / chunk_len;
@@ -56,10 +64,10 @@ struct TaskGrid {
 
   LaneBlock block(const Layout& layout, int64_t task) const {
     const int64_t row = task / per_row;
-    const int64_t first = (task % per_row) * kBlockLanes;
+    const int64_t first = (task % per_row) * block_lanes;
     LaneBlock b;
     b.lane = row * inner + first;
-    b.count = std::min(kBlockLanes, inner - first);
+    b.count = std::min(block_lanes, inner - first);
     b.coords = lane_coords(layout, b.lane);
     return b;
   }
@@ -115,8 +123,9 @@ template <typename scalar_t>
 void forward_cpu(const Layout& layout, const scalar_t* x, scalar_t* y, const at::opmath_type<scalar_t>* m,
                  double m_value, const scalar_t* initial) {
   using acc_t = at::opmath_type<scalar_t>;
-  const TaskGrid grid(layout);
-  const bool unit = grid.inner == 1 || (inner_stride(layout, kX) == 1 && inner_stride(layout, kY) == 1);
+  const int64_t inner = layout.size[layout.dims - 1];
+  const bool unit = inner == 1 || (inner_stride(layout, kX) == 1 && inner_stride(layout, kY) == 1);
+  const TaskGrid grid(layout, unit);
   const bool reset = initial == nullptr;
   const int64_t frames = layout.frames, lanes = layout.lanes;
   std::vector<acc_t> aggregates(grid.chunks > 1 ? (grid.chunks - 1) * lanes : 0);
@@ -206,10 +215,11 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
   auto* gm = static_cast<acc_t*>(p.grad_momentum);
   const bool has_init = initial != nullptr;
 
-  const TaskGrid grid(layout);
   const int64_t frames = layout.frames, lanes = layout.lanes;
-  auto unit_stride = [&](int op) { return grid.inner == 1 || inner_stride(layout, op) == 1; };
+  const int64_t inner = layout.size[layout.dims - 1];
+  auto unit_stride = [&](int op) { return inner == 1 || inner_stride(layout, op) == 1; };
   const bool unit = unit_stride(kGradY) && unit_stride(kGradX) && (!want_dm || (unit_stride(kX) && unit_stride(kY)));
+  const TaskGrid grid(layout, unit);
   std::vector<acc_t> aggregates(grid.chunks > 1 ? grid.chunks * lanes : 0);
   std::vector<acc_t> dm_partials(grid.chunks > 1 && want_dm ? grid.chunks * lanes : 0);
 
