@@ -27,7 +27,7 @@ namespace {
 // Otherwise (typically the frame axis is the contiguous one) each lane is its own stream, so a
 // task takes few lanes: their independent recurrences interleave and the streams stay few
 // enough for the TLB and the prefetchers.
-constexpr int64_t kBlockLanes = 2048;
+constexpr int64_t kBlockLanes = 16384;
 constexpr int64_t kStridedBlockLanes = 8;
 constexpr int64_t kChunkFrames = 1024;  // frames per chunk when lanes alone make too few tasks
 
