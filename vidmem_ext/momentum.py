@@ -79,6 +79,13 @@ def _check_args(x, momentum, dim, initial):
     return dim, m_tensor, m_value, slice_shape
 
 
+@torch.compiler.assume_constant_result
+def _use_kernel(device_type: str) -> bool:
+    # Whether a compiled kernel exists is fixed for the process: torch.compile takes it as a
+    # constant instead of tracing into the dispatcher query (which would break the graph).
+    return _backend.use_kernel("temporal_momentum", device_type)
+
+
 def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: torch.Tensor | None = None):
     """Exponential moving average of `x` over its frame axis `dim`.
 
@@ -99,7 +106,7 @@ def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: tor
         fp32. Inputs are never modified.
     """
     dim, m_tensor, m_value, _ = _check_args(x, momentum, dim, initial)
-    if _backend.use_kernel("temporal_momentum", x.device):
+    if _use_kernel(x.device.type):
         return torch.ops.vidmem_ext.temporal_momentum(x, m_tensor, m_value, dim, initial)
     return reference.temporal_momentum_loop(x, m_tensor if m_tensor is not None else m_value, dim, initial)
 
@@ -107,13 +114,15 @@ def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: tor
 # --------------------------------------------------------------------------- torch.library registrations
 
 if _backend.compiled():
-
+    # The kernels allocate their outputs with at::empty_like (x's strides when x is dense and
+    # non-overlapping), grad_momentum contiguous in the accumulation dtype.
     @torch.library.register_fake("vidmem_ext::temporal_momentum")
     def _temporal_momentum_fake(x, momentum, momentum_value, dim, initial):
         return torch.empty_like(x)
 
     @torch.library.register_fake("vidmem_ext::temporal_momentum_backward")
     def _temporal_momentum_backward_fake(grad_y, x, y, momentum, momentum_value, dim, initial, momentum_grad):
+        dim = dim % x.dim()
         slice_shape = x.shape[:dim] + x.shape[dim + 1 :]
         acc = _acc_dtype(x.dtype)
         grad_m = x.new_empty(slice_shape, dtype=acc) if momentum_grad else x.new_empty((0,), dtype=acc)

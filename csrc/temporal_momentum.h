@@ -1,0 +1,185 @@
+// Temporal momentum (SEMANTICS.md section 1): the math and the lane layout shared by the
+// C++ CPU kernel and the CUDA kernels. No torch headers here (nvcc compiles the .cu files
+// that include this file against a CPU-only torch).
+//
+//   y_0 = m * s + (1 - m) * x_0     (s = initial; without one y_0 = x_0: frame 0 is a reset)
+//   y_t = m * y_{t-1} + (1 - m) * x_t
+//   backward: a_t = dy_t + m * a_{t+1} (a_F = 0); dx_t = (1 - m) a_t, except dx_0 = a_0 without
+//   initial; d(initial) = m a_0; dm = sum_t a_t (y_{t-1} - x_t) with y_{-1} = s.
+//
+// A tensor is viewed as frames x lanes: the frame axis `dim`, and the lanes, every other axis.
+// Lane axes that are adjacent in memory for every tensor involved are collapsed into one, so
+// permuted and sliced views need no copy. The last collapsed lane axis is the innermost (the
+// smallest stride of the output); when its stride is 1 the kernels vectorize along it.
+#pragma once
+
+#include <stdint.h>
+
+#include "vidmem_common.h"
+
+#if defined(__CUDA_ARCH__)  // device pass only: the host compiler does not know the pragma
+#define VIDMEM_MOMENTUM_UNROLL _Pragma("unroll")
+#else
+#define VIDMEM_MOMENTUM_UNROLL
+#endif
+
+namespace vidmem {
+namespace momentum {
+
+// Lane axes left after collapsing; more than this and the host makes contiguous copies.
+constexpr int kMaxLaneDims = 6;
+
+// The tensors one kernel call may touch. Full operands have x's shape (they have a frame
+// stride); slice operands have the frame-slice shape (frame stride 0).
+enum Operand : int {
+  kX = 0,
+  kY,
+  kGradY,
+  kGradX,
+  kMomentum,      // broadcast to the frame slice: stride 0 along broadcast axes
+  kInitial,
+  kGradInitial,
+  kGradMomentum,  // per lane, the frame-slice shape
+  kNumOperands
+};
+
+struct Layout {
+  int64_t frames;
+  int64_t lanes;  // product of size[0 .. dims)
+  int dims;       // collapsed lane axes, >= 1; size[dims - 1] is the innermost
+  int64_t size[kMaxLaneDims];
+  int64_t frame_stride[kNumOperands];
+  int64_t stride[kNumOperands][kMaxLaneDims];
+};
+
+// Coordinates of a lane (row-major over the collapsed lane axes).
+struct LaneCoords {
+  int64_t index[kMaxLaneDims];
+};
+
+VIDMEM_HD LaneCoords lane_coords(const Layout& layout, int64_t lane) {
+  LaneCoords c;
+VIDMEM_MOMENTUM_UNROLL
+  for (int d = kMaxLaneDims - 1; d >= 0; --d) {
+    if (d < layout.dims) {
+      const int64_t size = layout.size[d];
+      if (((static_cast<uint64_t>(lane) | static_cast<uint64_t>(size)) >> 32) == 0) {  // 32-bit division is cheaper
+        const uint32_t l = static_cast<uint32_t>(lane), s = static_cast<uint32_t>(size);
+        c.index[d] = l % s;
+        lane = l / s;
+      } else {
+        c.index[d] = lane % size;
+        lane /= size;
+      }
+    } else {
+      c.index[d] = 0;
+    }
+  }
+  return c;
+}
+
+// Element offset of a lane's frame 0 in one operand.
+VIDMEM_HD int64_t lane_offset(const Layout& layout, int op, const LaneCoords& c) {
+  int64_t offset = 0;
+VIDMEM_MOMENTUM_UNROLL
+  for (int d = 0; d < kMaxLaneDims; ++d) {
+    if (d < layout.dims) offset += c.index[d] * layout.stride[op][d];
+  }
+  return offset;
+}
+
+VIDMEM_HD int64_t inner_stride(const Layout& layout, int op) { return layout.stride[op][layout.dims - 1]; }
+
+// ---------------------------------------------------------------------------- per-element math
+
+// One forward step: the new state from the previous state and the frame.
+template <typename acc_t>
+VIDMEM_HD acc_t ema_step(acc_t m, acc_t one_minus_m, acc_t prev, acc_t x) {
+  return m * prev + one_minus_m * x;
+}
+
+// One backward step: a_t from a_{t+1} and dy_t.
+template <typename acc_t>
+VIDMEM_HD acc_t ema_reverse_step(acc_t m, acc_t next, acc_t grad_y) {
+  return grad_y + m * next;
+}
+
+// An affine map state -> decay * state + value. A run of steps composes into one such map,
+// so a scan over frames is a scan of these pairs (the chunked kernels use it for carries).
+template <typename acc_t>
+struct ScanPair {
+  acc_t decay;
+  acc_t value;
+};
+
+template <typename acc_t>
+VIDMEM_HD ScanPair<acc_t> scan_identity() {
+  return ScanPair<acc_t>{acc_t(1), acc_t(0)};
+}
+
+// `earlier` applied first, then `later`.
+template <typename acc_t>
+VIDMEM_HD ScanPair<acc_t> scan_combine(const ScanPair<acc_t>& earlier, const ScanPair<acc_t>& later) {
+  return ScanPair<acc_t>{earlier.decay * later.decay, later.decay * earlier.value + later.value};
+}
+
+template <typename acc_t>
+VIDMEM_HD acc_t scan_apply(const ScanPair<acc_t>& pair, acc_t state) {
+  return pair.decay * state + pair.value;
+}
+
+// m^n by repeated squaring (the same rounding on host and device).
+template <typename acc_t>
+VIDMEM_HD acc_t int_power(acc_t base, int64_t n) {
+  acc_t result = acc_t(1);
+  while (n > 0) {
+    if (n & 1) result *= base;
+    base *= base;
+    n >>= 1;
+  }
+  return result;
+}
+
+// ---------------------------------------------------------------------------- chunk carries
+//
+// When a lane's frames are split into chunks of `chunk_len` frames (the last may be shorter),
+// a first pass stores each chunk's aggregate: the forward state at its last frame computed
+// from a zero state (frame 0 still resets), or the backward a at its first frame computed
+// from a zero a past its end. A chunk's carry is then a fold of the aggregates before it (after
+// it, backward) in a fixed order, so results do not depend on scheduling. `aggregates` is laid
+// out [chunk][lane].
+
+VIDMEM_HD int64_t chunk_length(int64_t frames, int64_t chunk_len, int64_t chunk) {
+  const int64_t begin = chunk * chunk_len;
+  const int64_t end = begin + chunk_len < frames ? begin + chunk_len : frames;
+  return end - begin;
+}
+
+// Forward state entering `chunk`. `start` is the initial state (0 without one, where chunk 0
+// resets at frame 0 and so ignores it).
+template <typename acc_t>
+VIDMEM_HD acc_t forward_chunk_carry(const acc_t* aggregates, int64_t lanes, int64_t lane, int64_t chunk,
+                                    int64_t chunk_len, acc_t m, acc_t start, bool reset_at_frame0) {
+  const acc_t full_decay = int_power(m, chunk_len);
+  acc_t state = start;
+  for (int64_t q = 0; q < chunk; ++q) {
+    const acc_t decay = (q == 0 && reset_at_frame0) ? acc_t(0) : full_decay;
+    state = decay * state + aggregates[q * lanes + lane];
+  }
+  return state;
+}
+
+// Backward a entering `chunk` from its end (a_{end} of the chunk), folding the later chunks
+// from the last one down.
+template <typename acc_t>
+VIDMEM_HD acc_t backward_chunk_carry(const acc_t* aggregates, int64_t lanes, int64_t lane, int64_t chunk,
+                                     int64_t chunks, int64_t frames, int64_t chunk_len, acc_t m) {
+  acc_t a = acc_t(0);
+  for (int64_t q = chunks - 1; q > chunk; --q) {
+    a = int_power(m, chunk_length(frames, chunk_len, q)) * a + aggregates[q * lanes + lane];
+  }
+  return a;
+}
+
+}  // namespace momentum
+}  // namespace vidmem

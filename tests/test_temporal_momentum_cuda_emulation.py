@@ -1,0 +1,168 @@
+"""The temporal momentum CUDA kernels, run on the CPU by a small emulator (tests/cuda_emulation).
+
+csrc/cuda/temporal_momentum.cu and the op code of csrc/temporal_momentum_cuda_ops.h are
+compiled unchanged as C++ against stand-in CUDA headers: a block's 256 threads are fibers,
+__syncthreads and warp shuffles are barriers between them (threads resume in a shuffled order
+at every barrier), 16-byte accesses must be aligned. This checks the kernels' index math, the
+scans and their carries, the chunked two-pass path, the plan's kernel choice and alignment
+rules, on machines without a GPU. It does not check the memory model or speed. `sm_count`
+stands in for the device's SM count, which steers the plan.
+
+Tolerances as in test_temporal_momentum.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from vidmem_ext import reference
+
+pytestmark = pytest.mark.slow  # the first run compiles the emulation (about 1.5 minutes on 2 cores)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+DTYPES = list(TOL)
+
+
+@pytest.fixture(scope="module")
+def emu():
+    from torch.utils import cpp_extension
+
+    try:
+        cpp_extension.verify_ninja_availability()
+    except RuntimeError:
+        pytest.skip("ninja is needed to build the CUDA emulation")
+    build = os.path.join(ROOT, "build", "cuda_emulation")
+    os.makedirs(build, exist_ok=True)
+    return cpp_extension.load(
+        name="vidmem_momentum_cuda_emulation",
+        sources=[os.path.join(ROOT, "tests", "cuda_emulation", "momentum_emulation.cpp")],
+        extra_include_paths=[os.path.join(ROOT, "tests", "cuda_emulation", "include"), os.path.join(ROOT, "csrc")],
+        extra_cflags=["-O1", "-Wno-unknown-pragmas"],
+        build_directory=build,
+    )
+
+
+def assert_close(actual, expected, tol):
+    actual, expected = actual.double(), expected.double()
+    assert actual.shape == expected.shape
+    if expected.numel():
+        err = (actual - expected).abs().max().item()
+        scale = max(1.0, expected.abs().max().item())
+        assert err <= tol * scale, f"max error {err:.3g} > {tol:.3g} * {scale:.3g}"
+
+
+def make_x(shape, dim, dtype, layout, gen):
+    if layout == "contiguous":
+        return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    if layout == "sliced":  # every other element of the last axis
+        big = [*shape[:-1], 2 * shape[-1]]
+        return torch.randn(big, generator=gen, dtype=torch.float64).to(dtype)[..., ::2]
+    if layout == "frames_inner":  # the frame axis innermost in memory, whatever dim is
+        order = [d for d in range(len(shape)) if d != dim % len(shape)] + [dim % len(shape)]
+        base = torch.randn([shape[d] for d in order], generator=gen, dtype=torch.float64).to(dtype)
+        return base.permute(*[order.index(d) for d in range(len(shape))])
+    raise ValueError(layout)
+
+
+def reference_outputs(x, m, dim, initial, grad_y):
+    """y and the gradients of (x, m, initial) from autograd through the loop reference in fp64."""
+    xd = x.double().requires_grad_()
+    md = m.double().requires_grad_() if isinstance(m, torch.Tensor) else m
+    idd = None if initial is None else initial.double().requires_grad_()
+    y = reference.temporal_momentum_loop(xd, md, dim, idd)
+    inputs = [t for t in (xd, md, idd) if isinstance(t, torch.Tensor)]
+    grads = torch.autograd.grad(y, inputs, grad_y.double(), allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
+    return y, grads
+
+
+# (shape, dim, layout, sm_count, forward kernel, backward kernel, vectorized, forward chunks > 1)
+CASES = [
+    ((6, 4, 16), 0, "contiguous", 132, "lanes", "lanes", True, False),
+    ((5, 3, 33), 1, "sliced", 132, "lanes", "lanes", False, False),
+    ((1, 3, 8), 0, "contiguous", 132, "lanes", "lanes", True, False),
+    ((300, 16), 0, "contiguous", 132, "lane_chunks", "lane_chunks", True, True),
+    ((80, 512), 0, "contiguous", 1, "lane_chunks", "lane_chunks", True, None),
+    ((130, 3, 7), 0, "contiguous", 132, "lane_chunks", "lane_chunks", False, True),
+    ((8, 600), 1, "contiguous", 1, "frame_segments", "frame_segments", True, False),
+    ((2, 5000), 1, "contiguous", 4, "frame_segments", "frame_segments", True, True),
+    ((3, 601), 1, "contiguous", 4, "frame_segments", "frame_segments", False, True),
+    ((3, 40, 5), 1, "frames_inner", 132, "frame_segments", "frame_segments", True, False),
+]
+
+
+@pytest.mark.parametrize("shape,dim,layout,sms,fwd_kernel,bwd_kernel,vectorized,chunked", CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_emulated_cuda_kernels_match_reference(emu, shape, dim, layout, sms, fwd_kernel, bwd_kernel, vectorized,
+                                               chunked, dtype):  # fmt: skip
+    if dtype == torch.float64 and fwd_kernel == "frame_segments" and shape[dim] > 1000:
+        pytest.skip("slow to emulate; the float32 case runs the same code")
+    gen = torch.Generator().manual_seed(hash((shape, dim, str(dtype))) % 2**31)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x = make_x(shape, dim, dtype, layout, gen)
+    slice_shape = [s for d, s in enumerate(shape) if d != dim % len(shape)]
+    variants = [
+        (0.7, None),  # float momentum, frame 0 resets
+        (0.9 + 0.1 * torch.rand(slice_shape[-1:], generator=gen, dtype=torch.float64).to(acc), True),  # per channel
+        (torch.tensor(0.95, dtype=acc), True),  # 0-d tensor
+    ]
+    for m, with_initial in variants:
+        initial = torch.randn(slice_shape, generator=gen, dtype=torch.float64).to(dtype) if with_initial else None
+        m_tensor = m if isinstance(m, torch.Tensor) else None
+        m_value = 0.0 if m_tensor is not None else m
+        y, plan = emu.forward(x, m_tensor, m_value, dim, initial, sms)
+        assert plan["kernel"] == fwd_kernel
+        assert (plan["vector"] > 1) == vectorized
+        if chunked is not None:
+            assert (plan["chunks"] > 1) == chunked, plan
+        # Autograd hands grad_y over laid out like y, which is laid out like x.
+        grad_y = torch.empty_like(x).copy_(torch.randn(shape, generator=gen, dtype=torch.float64))
+        gx, gm, gi, bplan = emu.backward(grad_y, x, y, m_tensor, m_value, dim, initial, m_tensor is not None, sms)
+        assert bplan["kernel"] == bwd_kernel
+
+        y_ref, grads_ref = reference_outputs(x, m, dim, initial, grad_y)
+        assert_close(y, y_ref, TOL[dtype])
+        assert_close(gx, grads_ref[0], 2 * TOL[dtype])
+        if m_tensor is not None:
+            assert_close(gm.sum_to_size(m_tensor.shape), grads_ref[1], 10 * TOL[dtype])
+        if initial is not None:
+            assert_close(gi, grads_ref[-1], 2 * TOL[dtype])
+
+        # Threads resume in a different order every run: results must not depend on it.
+        y2, _ = emu.forward(x, m_tensor, m_value, dim, initial, sms)
+        gx2, gm2, gi2, _ = emu.backward(grad_y, x, y, m_tensor, m_value, dim, initial, m_tensor is not None, sms)
+        for a, b in ((y, y2), (gx, gx2), (gm, gm2), (gi, gi2)):
+            assert torch.equal(a, b)
+
+
+def test_emulated_misaligned_vector_access_is_caught_by_the_plan(emu):
+    # A storage offset of one element breaks 16-byte alignment: the plan must fall back to scalar access.
+    x = torch.randn(4 * 64 + 1)[1:].view(4, 64)
+    y, plan = emu.forward(x, None, 0.5, 0, None, 132)
+    assert plan["vector"] == 1
+    assert_close(y, reference.temporal_momentum_loop(x.double(), 0.5, 0), 1e-6)
+    xf = torch.randn(2 * 1024 + 1)[1:].view(2, 1024)
+    yf, plan = emu.forward(xf, None, 0.5, 1, None, 1)
+    assert plan["kernel"] == "frame_segments" and plan["vector"] == 1
+    assert_close(yf, reference.temporal_momentum_loop(xf.double(), 0.5, 1), 1e-6)
+
+
+def test_emulated_backward_with_grad_y_laid_out_unlike_x(emu):
+    # Frames contiguous in x and y but not in grad_y: the backward takes the strided-frames kernel.
+    gen = torch.Generator().manual_seed(5)
+    x = make_x((3, 40, 5), 1, torch.float32, "frames_inner", gen)
+    m = torch.rand(5, generator=gen)
+    initial = torch.randn(3, 5, generator=gen)
+    y, plan = emu.forward(x, m, 0.0, 1, initial, 132)
+    assert plan["kernel"] == "frame_segments"
+    grad_y = torch.randn(3, 40, 5, generator=gen)
+    gx, gm, gi, bplan = emu.backward(grad_y, x, y, m, 0.0, 1, initial, True, 132)
+    assert bplan["kernel"] == "lane_chunks"
+    y_ref, (gx_ref, gm_ref, gi_ref) = reference_outputs(x, m, 1, initial, grad_y)
+    assert_close(gx, gx_ref, 2e-5)
+    assert_close(gm.sum_to_size(m.shape), gm_ref, 1e-4)
+    assert_close(gi, gi_ref, 2e-5)
