@@ -79,13 +79,6 @@ def _check_args(x, momentum, dim, initial):
     return dim, m_tensor, m_value, slice_shape
 
 
-@torch.compiler.assume_constant_result
-def _use_kernel(device_type: str) -> bool:
-    # Whether a compiled kernel exists is fixed for the process: torch.compile takes it as a
-    # constant instead of tracing into the dispatcher query (which would break the graph).
-    return _backend.use_kernel("temporal_momentum", device_type)
-
-
 def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: torch.Tensor | None = None):
     """Exponential moving average of `x` over its frame axis `dim`.
 
@@ -106,7 +99,7 @@ def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: tor
         fp32. Inputs are never modified.
     """
     dim, m_tensor, m_value, _ = _check_args(x, momentum, dim, initial)
-    if _use_kernel(x.device.type):
+    if _backend.use_kernel("temporal_momentum", x.device):
         return torch.ops.vidmem_ext.temporal_momentum(x, m_tensor, m_value, dim, initial)
     return reference.temporal_momentum_loop(x, m_tensor if m_tensor is not None else m_value, dim, initial)
 
