@@ -48,18 +48,17 @@ complete on each rank (they include every later rank's influence).
 from __future__ import annotations
 
 import contextlib
-import math
 import struct
 from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 
+from .momentum import check_args
 from .momentum import temporal_momentum as _local_temporal_momentum
 
 __all__ = ["temporal_momentum", "record_communication", "HEADER_BYTES"]
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.float64: 4}
 
 # Header of the forward message: 16 int64 slots, so that the payload after it stays 8-byte aligned.
@@ -114,58 +113,6 @@ def _shape_hash(shape) -> int:
     for d in shape:
         h = (h * 1_000_003 + int(d)) % (1 << 61)
     return h
-
-
-def _check_local_args(x, momentum, dim, initial):
-    """Checks that need no communication. Returns (dim, slice shape, momentum tensor or None, momentum float)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x_local must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"x_local must be a floating tensor (float16, bfloat16, float32 or float64), got {x.dtype}")
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-    if x.dim() == 0:
-        raise IndexError("dim: x_local is 0-dimensional and has no frame axis")
-    if not -x.dim() <= dim < x.dim():
-        raise IndexError(f"dim {dim} is out of range for x_local with {x.dim()} dimensions")
-    dim %= x.dim()
-    slice_shape = x.shape[:dim] + x.shape[dim + 1 :]
-
-    if isinstance(momentum, torch.Tensor):
-        if not momentum.is_floating_point():
-            raise ValueError(f"momentum tensor must be floating point, got {momentum.dtype}")
-        if momentum.device != x.device:
-            raise ValueError(f"momentum is on {momentum.device} but x_local is on {x.device}")
-        try:
-            fits = torch.broadcast_shapes(momentum.shape, slice_shape) == slice_shape
-        except RuntimeError:
-            fits = False
-        if not fits:
-            raise ValueError(
-                f"momentum of shape {tuple(momentum.shape)} does not broadcast to one frame slice "
-                f"{tuple(slice_shape)} (x_local of shape {tuple(x.shape)} without dim {dim})"
-            )
-        m_tensor, m_value = momentum, None
-    else:
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-            raise TypeError(f"momentum must be a float in [0, 1] or a tensor, got {type(momentum).__name__}")
-        m_value = float(momentum)
-        if math.isnan(m_value) or not 0.0 <= m_value <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {m_value}")
-        m_tensor = None
-
-    if initial is not None:
-        if not isinstance(initial, torch.Tensor):
-            raise TypeError(f"initial must be a tensor or None, got {type(initial).__name__}")
-        if initial.shape != slice_shape:
-            raise ValueError(
-                f"initial must have the frame-slice shape {tuple(slice_shape)}, got {tuple(initial.shape)}"
-            )
-        if initial.dtype != x.dtype:
-            raise ValueError(f"initial must have x_local's dtype {x.dtype}, got {initial.dtype}")
-        if initial.device != x.device:
-            raise ValueError(f"initial is on {initial.device} but x_local is on {x.device}")
-    return dim, slice_shape, m_tensor, m_value
 
 
 class _Plan:
@@ -401,7 +348,7 @@ def temporal_momentum(
 
     The local scans use the single-process op (its compiled kernels when built).
     """
-    dim, slice_shape, m_tensor, m_value = _check_local_args(x_local, momentum, dim, initial)
+    dim, slice_shape, m_tensor, m_value = check_args(x_local, momentum, dim, initial, x_name="x_local")
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(
             "vidmem_ext.distributed.temporal_momentum needs an initialized default process group "

@@ -27,18 +27,21 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _check_args(x, momentum, dim, initial):
-    """Validate the arguments; return (dim, momentum tensor or None, momentum float, frame-slice shape)."""
+def check_args(x, momentum, dim, initial, x_name: str = "x"):
+    """Validate temporal_momentum's arguments (also used by vidmem_ext.distributed, with x_name="x_local").
+
+    Returns (dim in [0, x.dim()), frame-slice shape, momentum tensor or None, momentum float or None).
+    """
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"{x_name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"x must be a floating tensor (float16, bfloat16, float32 or float64), got {x.dtype}")
+        raise TypeError(f"{x_name} must be a floating tensor (float16, bfloat16, float32 or float64), got {x.dtype}")
     if isinstance(dim, bool) or not isinstance(dim, int):
         raise TypeError(f"dim must be an int, got {type(dim).__name__}")
     if x.dim() == 0:
-        raise IndexError("dim: x is 0-dimensional and has no frame axis")
+        raise IndexError(f"dim: {x_name} is 0-dimensional and has no frame axis")
     if not -x.dim() <= dim < x.dim():
-        raise IndexError(f"dim {dim} is out of range for x with {x.dim()} dimensions")
+        raise IndexError(f"dim {dim} is out of range for {x_name} with {x.dim()} dimensions")
     dim %= x.dim()
     slice_shape = x.shape[:dim] + x.shape[dim + 1 :]
 
@@ -46,17 +49,17 @@ def _check_args(x, momentum, dim, initial):
         if not momentum.is_floating_point():
             raise ValueError(f"momentum tensor must be floating point, got {momentum.dtype}")
         if momentum.device != x.device:
-            raise ValueError(f"momentum is on {momentum.device} but x is on {x.device}")
+            raise ValueError(f"momentum is on {momentum.device} but {x_name} is on {x.device}")
         try:
-            broadcast = torch.broadcast_shapes(momentum.shape, slice_shape)
+            fits = torch.broadcast_shapes(momentum.shape, slice_shape) == slice_shape
         except RuntimeError:
-            broadcast = None
-        if broadcast != slice_shape:
+            fits = False
+        if not fits:
             raise ValueError(
                 f"momentum of shape {tuple(momentum.shape)} does not broadcast to one frame slice "
-                f"{tuple(slice_shape)} (x of shape {tuple(x.shape)} without dim {dim})"
+                f"{tuple(slice_shape)} ({x_name} of shape {tuple(x.shape)} without dim {dim})"
             )
-        m_tensor, m_value = momentum.to(_acc_dtype(x.dtype)), 0.0
+        m_tensor, m_value = momentum, None
     else:
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
             raise TypeError(f"momentum must be a float in [0, 1] or a tensor, got {type(momentum).__name__}")
@@ -67,16 +70,16 @@ def _check_args(x, momentum, dim, initial):
 
     if initial is not None:
         if not isinstance(initial, torch.Tensor):
-            raise ValueError(f"initial must be a tensor or None, got {type(initial).__name__}")
+            raise TypeError(f"initial must be a tensor or None, got {type(initial).__name__}")
         if initial.shape != slice_shape:
             raise ValueError(
                 f"initial must have the frame-slice shape {tuple(slice_shape)}, got {tuple(initial.shape)}"
             )
         if initial.dtype != x.dtype:
-            raise ValueError(f"initial must have x's dtype {x.dtype}, got {initial.dtype}")
+            raise ValueError(f"initial must have {x_name}'s dtype {x.dtype}, got {initial.dtype}")
         if initial.device != x.device:
-            raise ValueError(f"initial is on {initial.device} but x is on {x.device}")
-    return dim, m_tensor, m_value, slice_shape
+            raise ValueError(f"initial is on {initial.device} but {x_name} is on {x.device}")
+    return dim, slice_shape, m_tensor, m_value
 
 
 def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: torch.Tensor | None = None):
@@ -98,7 +101,9 @@ def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: tor
         A new tensor of x's shape, dtype and device. Half types accumulate in
         fp32. Inputs are never modified.
     """
-    dim, m_tensor, m_value, _ = _check_args(x, momentum, dim, initial)
+    dim, _, m_tensor, m_value = check_args(x, momentum, dim, initial)
+    if m_tensor is not None:  # the kernels read momentum in the accumulation dtype
+        m_tensor, m_value = m_tensor.to(_acc_dtype(x.dtype)), 0.0
     if _backend.use_kernel("temporal_momentum", x.device):
         return torch.ops.vidmem_ext.temporal_momentum(x, m_tensor, m_value, dim, initial)
     return reference.temporal_momentum_loop(x, m_tensor if m_tensor is not None else m_value, dim, initial)
