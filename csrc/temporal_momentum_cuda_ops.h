@@ -47,71 +47,37 @@ inline at::Tensor workspace_for(const CudaPlan& plan, const at::Tensor& like) {
 inline at::Tensor forward_on_device(const at::Tensor& x, const std::optional<at::Tensor>& momentum,
                                     double momentum_value, int64_t dim, const std::optional<at::Tensor>& initial,
                                     int device, cudaStream_t stream, CudaPlan* plan_out = nullptr) {
-  const Args args = check_args(x, momentum, momentum_value, dim, initial);
-  at::Tensor y = at::empty_like(x);
-  if (x.numel() == 0) return y;
-  Operands ops;
-  ops[kX] = x;
-  ops[kY] = y;
-  ops[kMomentum] = args.momentum;
-  if (initial.has_value()) ops[kInitial] = *initial;
-  PreparedCall call = prepare_call(x, args.dim, ops, kY, {kY});
-  const CudaOperands ptrs = cuda_operands(call.ops);
-  const DType dtype = cuda_dtype(x.scalar_type());
-  CudaPlan plan;
-  check_cuda_status(plan_cuda(call.layout, dtype, ptrs, false, false, device, &plan), "planning the forward kernel");
-  at::Tensor workspace = workspace_for(plan, x);
-  check_cuda_status(forward_cuda(plan, call.layout, dtype, ptrs, args.momentum_value,
-                                 workspace.defined() ? workspace.data_ptr() : nullptr, stream),
-                    "launching the forward kernel");
-  finish_call(call);
-  if (plan_out != nullptr) *plan_out = plan;
-  return y;
+  return run_forward(x, momentum, momentum_value, dim, initial, [&](const PreparedCall& call, const Args& args) {
+    const CudaOperands ptrs = cuda_operands(call.ops);
+    const DType dtype = cuda_dtype(x.scalar_type());
+    CudaPlan plan;
+    check_cuda_status(plan_cuda(call.layout, dtype, ptrs, false, false, device, &plan), "planning the forward kernel");
+    at::Tensor workspace = workspace_for(plan, x);
+    check_cuda_status(forward_cuda(plan, call.layout, dtype, ptrs, args.momentum_value,
+                                   workspace.defined() ? workspace.data_ptr() : nullptr, stream),
+                      "launching the forward kernel");
+    if (plan_out != nullptr) *plan_out = plan;
+  });
 }
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_on_device(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& momentum,
     double momentum_value, int64_t dim, const std::optional<at::Tensor>& initial, bool momentum_grad, int device,
     cudaStream_t stream, CudaPlan* plan_out = nullptr) {
-  const Args args = check_args(x, momentum, momentum_value, dim, initial);
-  check_like_x(grad_y, x, "grad_y");
-  check_like_x(y, x, "y");
   const bool want_dm = momentum_grad;
-  const auto acc_options = x.options().dtype(acc_dtype(x.scalar_type()));
-  const bool empty = x.numel() == 0;  // then no frame writes the slice grads: they are zero
-  at::Tensor grad_x = at::empty_like(x);
-  at::Tensor grad_m = !want_dm ? at::empty({0}, acc_options)
-                      : empty  ? at::zeros(args.slice_shape, acc_options)
-                               : at::empty(args.slice_shape, acc_options);
-  at::Tensor grad_init = !initial.has_value() ? at::empty({0}, x.options())
-                         : empty              ? at::zeros_like(*initial)
-                                              : at::empty_like(*initial);
-  if (empty) return {grad_x, grad_m, grad_init};
-  Operands ops;
-  ops[kGradY] = grad_y;
-  ops[kGradX] = grad_x;
-  ops[kMomentum] = args.momentum;
-  if (initial.has_value()) {
-    ops[kInitial] = *initial;
-    ops[kGradInitial] = grad_init;
-  }
-  if (want_dm) {
-    ops[kX] = x;
-    ops[kY] = y;
-    ops[kGradMomentum] = grad_m;
-  }
-  PreparedCall call = prepare_call(x, args.dim, ops, kGradX, {kGradX, kGradInitial, kGradMomentum});
-  const CudaOperands ptrs = cuda_operands(call.ops);
-  const DType dtype = cuda_dtype(x.scalar_type());
-  CudaPlan plan;
-  check_cuda_status(plan_cuda(call.layout, dtype, ptrs, true, want_dm, device, &plan), "planning the backward kernel");
-  at::Tensor workspace = workspace_for(plan, x);
-  check_cuda_status(backward_cuda(plan, call.layout, dtype, ptrs, args.momentum_value, want_dm,
-                                  workspace.defined() ? workspace.data_ptr() : nullptr, stream),
-                    "launching the backward kernel");
-  finish_call(call);
-  if (plan_out != nullptr) *plan_out = plan;
-  return {grad_x, grad_m, grad_init};
+  return run_backward(
+      grad_y, x, y, momentum, momentum_value, dim, initial, want_dm, [&](const PreparedCall& call, const Args& args) {
+        const CudaOperands ptrs = cuda_operands(call.ops);
+        const DType dtype = cuda_dtype(x.scalar_type());
+        CudaPlan plan;
+        check_cuda_status(plan_cuda(call.layout, dtype, ptrs, true, want_dm, device, &plan),
+                          "planning the backward kernel");
+        at::Tensor workspace = workspace_for(plan, x);
+        check_cuda_status(backward_cuda(plan, call.layout, dtype, ptrs, args.momentum_value, want_dm,
+                                        workspace.defined() ? workspace.data_ptr() : nullptr, stream),
+                          "launching the backward kernel");
+        if (plan_out != nullptr) *plan_out = plan;
+      });
 }
 
 }  // namespace momentum

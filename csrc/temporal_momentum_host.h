@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <array>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #include "temporal_momentum.h"
@@ -169,6 +170,66 @@ inline void finish_call(PreparedCall& call) {
   for (int op = 0; op < kNumOperands; ++op) {
     if (call.outputs[op].defined()) call.outputs[op].copy_(call.ops[op]);
   }
+}
+
+// The device-independent part of a forward call: checks, the output, the operands and the
+// layout. `launch(call, args)` runs the kernel on the prepared call; nothing runs for empty x.
+template <typename Launch>
+at::Tensor run_forward(const at::Tensor& x, const std::optional<at::Tensor>& momentum, double momentum_value,
+                       int64_t dim, const std::optional<at::Tensor>& initial, Launch&& launch) {
+  const Args args = check_args(x, momentum, momentum_value, dim, initial);
+  at::Tensor y = at::empty_like(x);
+  if (x.numel() == 0) return y;
+  Operands ops;
+  ops[kX] = x;
+  ops[kY] = y;
+  ops[kMomentum] = args.momentum;
+  if (initial.has_value()) ops[kInitial] = *initial;
+  PreparedCall call = prepare_call(x, args.dim, ops, kY, {kY});
+  launch(call, args);
+  finish_call(call);
+  return y;
+}
+
+// The same for backward: (grad_x, per-lane grad_momentum or empty, grad_initial or empty).
+// x and y are operands only when the momentum gradient is wanted (it reads y_{t-1} - x_t).
+template <typename Launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(const at::Tensor& grad_y, const at::Tensor& x,
+                                                            const at::Tensor& y,
+                                                            const std::optional<at::Tensor>& momentum,
+                                                            double momentum_value, int64_t dim,
+                                                            const std::optional<at::Tensor>& initial, bool want_dm,
+                                                            Launch&& launch) {
+  const Args args = check_args(x, momentum, momentum_value, dim, initial);
+  check_like_x(grad_y, x, "grad_y");
+  check_like_x(y, x, "y");
+  const auto acc_options = x.options().dtype(acc_dtype(x.scalar_type()));
+  const bool empty = x.numel() == 0;  // then no frame writes the slice grads: they are zero
+  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_m = !want_dm ? at::empty({0}, acc_options)
+                      : empty  ? at::zeros(args.slice_shape, acc_options)
+                               : at::empty(args.slice_shape, acc_options);
+  at::Tensor grad_init = !initial.has_value() ? at::empty({0}, x.options())
+                         : empty              ? at::zeros_like(*initial)
+                                              : at::empty_like(*initial);
+  if (empty) return {grad_x, grad_m, grad_init};
+  Operands ops;
+  ops[kGradY] = grad_y;
+  ops[kGradX] = grad_x;
+  ops[kMomentum] = args.momentum;
+  if (initial.has_value()) {
+    ops[kInitial] = *initial;
+    ops[kGradInitial] = grad_init;
+  }
+  if (want_dm) {
+    ops[kX] = x;
+    ops[kY] = y;
+    ops[kGradMomentum] = grad_m;
+  }
+  PreparedCall call = prepare_call(x, args.dim, ops, kGradX, {kGradX, kGradInitial, kGradMomentum});
+  launch(call, args);
+  finish_call(call);
+  return {grad_x, grad_m, grad_init};
 }
 
 }  // namespace momentum

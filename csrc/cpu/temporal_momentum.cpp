@@ -321,74 +321,42 @@ const void* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_dat
 
 at::Tensor temporal_momentum_cpu(const at::Tensor& x, const std::optional<at::Tensor>& momentum, double momentum_value,
                                  int64_t dim, const std::optional<at::Tensor>& initial) {
-  const Args args = check_args(x, momentum, momentum_value, dim, initial);
   TORCH_CHECK_VALUE(x.device().is_cpu(), "temporal_momentum (CPU kernel): x must be on the CPU");
-  at::Tensor y = at::empty_like(x);
-  if (x.numel() == 0) return y;
-  Operands ops;
-  ops[kX] = x;
-  ops[kY] = y;
-  ops[kMomentum] = args.momentum;
-  if (initial.has_value()) ops[kInitial] = *initial;
-  PreparedCall call = prepare_call(x, args.dim, ops, kY, {kY});
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "temporal_momentum_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    forward_cpu<scalar_t>(call.layout, call.ops[kX].const_data_ptr<scalar_t>(), call.ops[kY].data_ptr<scalar_t>(),
-                          static_cast<const acc_t*>(data_or_null(call.ops[kMomentum])), args.momentum_value,
-                          static_cast<const scalar_t*>(data_or_null(call.ops[kInitial])));
+  return run_forward(x, momentum, momentum_value, dim, initial, [&](const PreparedCall& call, const Args& args) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "temporal_momentum_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      forward_cpu<scalar_t>(call.layout, call.ops[kX].const_data_ptr<scalar_t>(), call.ops[kY].data_ptr<scalar_t>(),
+                            static_cast<const acc_t*>(data_or_null(call.ops[kMomentum])), args.momentum_value,
+                            static_cast<const scalar_t*>(data_or_null(call.ops[kInitial])));
+    });
   });
-  finish_call(call);
-  return y;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_momentum_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& y, const std::optional<at::Tensor>& momentum,
     double momentum_value, int64_t dim, const std::optional<at::Tensor>& initial, bool momentum_grad) {
-  const Args args = check_args(x, momentum, momentum_value, dim, initial);
   TORCH_CHECK_VALUE(x.device().is_cpu(), "temporal_momentum_backward (CPU kernel): x must be on the CPU");
-  check_like_x(grad_y, x, "grad_y");
-  check_like_x(y, x, "y");
   // With a float momentum the per-lane dm is still well defined; the front end asks for it only
   // when a momentum tensor requires grad.
   const bool want_dm = momentum_grad;
-  const auto acc_options = x.options().dtype(acc_dtype(x.scalar_type()));
-  const bool empty = x.numel() == 0;  // then no frame writes the slice grads: they are zero
-  at::Tensor grad_x = at::empty_like(x);
-  at::Tensor grad_m = !want_dm ? at::empty({0}, acc_options)
-                      : empty  ? at::zeros(args.slice_shape, acc_options)
-                               : at::empty(args.slice_shape, acc_options);
-  at::Tensor grad_init = !initial.has_value() ? at::empty({0}, x.options())
-                         : empty              ? at::zeros_like(*initial)
-                                              : at::empty_like(*initial);
-  if (empty) return {grad_x, grad_m, grad_init};
-  Operands ops;
-  ops[kGradY] = grad_y;
-  ops[kGradX] = grad_x;
-  ops[kMomentum] = args.momentum;
-  if (initial.has_value()) {
-    ops[kInitial] = *initial;
-    ops[kGradInitial] = grad_init;
-  }
-  if (want_dm) {
-    ops[kX] = x;
-    ops[kY] = y;
-    ops[kGradMomentum] = grad_m;
-  }
-  PreparedCall call = prepare_call(x, args.dim, ops, kGradX, {kGradX, kGradInitial, kGradMomentum});
-  BackwardPtrs p{data_or_null(call.ops[kGradY]),
-                 data_or_null(call.ops[kX]),
-                 data_or_null(call.ops[kY]),
-                 call.ops[kGradX].data_ptr(),
-                 data_or_null(call.ops[kInitial]),
-                 call.ops[kGradInitial].defined() ? call.ops[kGradInitial].data_ptr() : nullptr,
-                 call.ops[kGradMomentum].defined() ? call.ops[kGradMomentum].data_ptr() : nullptr};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "temporal_momentum_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    backward_cpu<scalar_t>(call.layout, p, static_cast<const acc_t*>(data_or_null(call.ops[kMomentum])),
-                           args.momentum_value, want_dm);
-  });
-  finish_call(call);
-  return {grad_x, grad_m, grad_init};
+  return run_backward(
+      grad_y, x, y, momentum, momentum_value, dim, initial, want_dm, [&](const PreparedCall& call, const Args& args) {
+        BackwardPtrs p{data_or_null(call.ops[kGradY]),
+                       data_or_null(call.ops[kX]),
+                       data_or_null(call.ops[kY]),
+                       call.ops[kGradX].data_ptr(),
+                       data_or_null(call.ops[kInitial]),
+                       call.ops[kGradInitial].defined() ? call.ops[kGradInitial].data_ptr() : nullptr,
+                       call.ops[kGradMomentum].defined() ? call.ops[kGradMomentum].data_ptr() : nullptr};
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "temporal_momentum_backward_cpu",
+                                        [&] {
+                                          using acc_t = at::opmath_type<scalar_t>;
+                                          backward_cpu<scalar_t>(
+                                              call.layout, p,
+                                              static_cast<const acc_t*>(data_or_null(call.ops[kMomentum])),
+                                              args.momentum_value, want_dm);
+                                        });
+      });
 }
 
 }  // namespace
