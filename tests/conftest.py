@@ -15,6 +15,17 @@ except ImportError:  # hypothesis is a test dependency; tests that need it impor
     pass
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests on one torch thread (tiny tensors: two threads only spin against each other)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _cuda_skip_reason():
     try:
         import torch

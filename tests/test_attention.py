@@ -17,18 +17,12 @@ from einops import rearrange
 from vidmem_ext import reference
 from vidmem_ext.attention import TemporalMomentumAttnProcessor, temporal_momentum_attention
 
-pytestmark = pytest.mark.filterwarnings("ignore:vidmem_ext.temporal_momentum. using the slow Python reference")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:vidmem_ext.temporal_momentum. using the slow Python reference"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 ATOL = RTOL = 1e-5  # fp32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: one thread is as fast, and two spin against each other on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _ema_over_frames(x, momentum, num_frames):

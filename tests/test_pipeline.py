@@ -6,22 +6,16 @@ import torch
 from einops import rearrange
 
 pytest.importorskip("diffusers", reason="the diffusers extra is not installed")
-pytestmark = pytest.mark.filterwarnings("ignore:vidmem_ext.* using the slow Python reference")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:vidmem_ext.* using the slow Python reference"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 import vidmem_ext  # noqa: E402
 from vidmem_ext.attention import TemporalMomentumAttnProcessor  # noqa: E402
 from vidmem_ext.pipelines import self_attention_layer_names, tiny_stable_diffusion, zero_shot_video  # noqa: E402
 
 STEPS = 2
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: one thread is as fast, and two spin against each other on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
