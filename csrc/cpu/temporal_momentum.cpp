@@ -1,12 +1,18 @@
 // Temporal momentum on the CPU: forward and backward scans over frames.
 //
-// Work is split into tasks of up to kBlockLanes consecutive lanes of the innermost lane axis
-// (at::parallel_for over tasks). A task keeps its lanes' state in a small buffer and walks the
-// frames outermost, lanes innermost, so each frame is one contiguous run that the compiler
-// vectorizes when the innermost stride is 1 (any other stride takes the same loop with a
-// runtime stride). When the lanes make too few tasks for the frames, the frames are split into
-// chunks as well: a first pass stores each chunk's aggregate, a second folds the aggregates in
-// a fixed order into each chunk's carry (temporal_momentum.h, shared with the CUDA kernels).
+// Work is split into tasks of consecutive lanes of the innermost lane axis (at::parallel_for
+// over tasks; every lane's arithmetic is the same whatever the split, so results do not depend
+// on the thread count). Each task runs one micro-kernel of temporal_momentum_cpu_simd.h, on the
+// instruction set chosen at run time (AVX-512, AVX2 or portable C++; all give the same bits):
+//   - lanes contiguous (e.g. (F, B, N, C) over F, or (B, C, F, H, W) over F, where each
+//     (b, c) is a contiguous H*W block per frame): the task's frames outermost, a vector of
+//     lanes innermost, so memory streams once, frame after frame;
+//   - frames contiguous (frames last): tiles of vector-width lanes x frames, transposed in
+//     registers so that the recurrence runs across SIMD lanes;
+//   - anything else: scalar loops with runtime strides.
+// When the lanes make too few tasks for the frames, the frames are split into chunks as well:
+// a first pass stores each chunk's aggregate, a second folds the aggregates in a fixed order
+// into each chunk's carry (temporal_momentum.h, shared with the CUDA kernels).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ExpandUtils.h>
@@ -14,27 +20,46 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "temporal_momentum.h"
+#include "temporal_momentum_cpu_simd.h"
 #include "temporal_momentum_host.h"
 
 namespace vidmem {
 namespace momentum {
 namespace {
 
-// Lanes per task. With a unit inner stride: long contiguous runs per frame, state in L1/L2.
-// Otherwise (typically the frame axis is the contiguous one) each lane is its own stream, so a
-// task takes few lanes: their independent recurrences interleave and the streams stay few
-// enough for the TLB and the prefetchers.
-constexpr int64_t kBlockLanes = 16384;
+// Lanes per task. Unit inner stride: a block of contiguous lanes walks its frames (each frame a
+// contiguous run; the block's state stays in L1). Frames contiguous: tiles of vector-width
+// lanes x frames, a few tiles per task. Otherwise (no unit stride at all) few lanes per task:
+// their independent recurrences interleave and the streams stay few for the TLB and prefetchers.
+constexpr int64_t kBlockLanes = 2048;
+constexpr int64_t kTileBlockLanes = 64;
 constexpr int64_t kStridedBlockLanes = 8;
 constexpr int64_t kChunkFrames = 1024;  // frames per chunk when lanes alone make too few tasks
+constexpr int64_t kMaxVectorLanes = 16;  // the widest vector of any path (buffer padding)
+// Outputs at least this large are written with non-temporal stores: they would not stay in the
+// caches anyway, and streaming them saves reading every output line before it is written.
+constexpr int64_t kStreamingBytes = int64_t(4) << 20;
+
+enum class Path { kUnit, kTiles, kStrided };
 
 // Chunking depends on the shape only, so results do not depend on the thread count.
 int64_t cpu_chunk_len(int64_t tasks_per_chunk, int64_t frames) {
   if (tasks_per_chunk >= 4 || frames < 4 * kChunkFrames) return frames > 0 ? frames : 1;
   return kChunkFrames;
+}
+
+int64_t block_lanes_for(Path path, int64_t inner) {
+  if (path == Path::kTiles) return kTileBlockLanes;
+  if (path == Path::kStrided) return kStridedBlockLanes;
+  // Split a row evenly into blocks of at most kBlockLanes, each a whole number of cache lines
+  // (of fp32), so that neighbouring tasks rarely share a line.
+  const int64_t per_row = (inner + kBlockLanes - 1) / kBlockLanes;
+  const int64_t even = (inner + per_row - 1) / per_row;
+  return std::min(kBlockLanes, (even + 15) / 16 * 16);
 }
 
 // The lanes of one task: `count` lanes from `lane` on, consecutive along the innermost axis.
@@ -53,9 +78,9 @@ struct TaskGrid {
 
   int64_t block_lanes;
 
-  TaskGrid(const Layout& layout, bool unit_stride) {
-    block_lanes = unit_stride ? kBlockLanes : kStridedBlockLanes;
+  TaskGrid(const Layout& layout, Path path) {
     inner = layout.size[layout.dims - 1];
+    block_lanes = block_lanes_for(path, inner);
     per_row = (inner + block_lanes - 1) / block_lanes;
     per_chunk = (layout.lanes / inner) * per_row;
     chunk_len = cpu_chunk_len(per_chunk, layout.frames);
@@ -73,71 +98,93 @@ struct TaskGrid {
   }
 };
 
+// Per-lane momentum of a block into `out` (padded with zeros to a whole vector); returns
+// whether some lane is exactly 0 or 1 (then the kernels take the exact-endpoint step).
 template <typename acc_t>
-void load_momentum(const Layout& layout, const LaneBlock& b, const acc_t* m, acc_t m_value, acc_t* out) {
+bool load_momentum(const Layout& layout, const LaneBlock& b, const acc_t* m, acc_t m_value, acc_t* out) {
+  bool endpoint = false;
   if (m == nullptr) {
     for (int64_t j = 0; j < b.count; ++j) out[j] = m_value;
-    return;
+    endpoint = m_value == acc_t(0) || m_value == acc_t(1);
+  } else {
+    const acc_t* base = m + lane_offset(layout, kMomentum, b.coords);
+    const int64_t s = inner_stride(layout, kMomentum);
+    for (int64_t j = 0; j < b.count; ++j) {
+      out[j] = base[j * s];
+      endpoint |= out[j] == acc_t(0) || out[j] == acc_t(1);
+    }
   }
-  const acc_t* base = m + lane_offset(layout, kMomentum, b.coords);
-  const int64_t s = inner_stride(layout, kMomentum);
-  for (int64_t j = 0; j < b.count; ++j) out[j] = base[j * s];
+  for (int64_t j = b.count; j < b.count + kMaxVectorLanes; ++j) out[j] = acc_t(0);
+  return endpoint;
+}
+
+bool unit_inner(const Layout& layout, int op) {
+  return layout.size[layout.dims - 1] == 1 || inner_stride(layout, op) == 1;
+}
+
+// ---------------------------------------------------------------------------- strided fallback
+
+// Neither the lanes nor the frames are contiguous: scalar loops with runtime strides (the same
+// operations per element as the vector kernels, so the same bits).
+template <typename scalar_t, typename acc_t>
+void forward_strided(const cpu::ForwardJob<scalar_t>& job) {
+  for (int64_t t = job.t_begin; t < job.t_end; ++t) {
+    for (int64_t j = 0; j < job.lanes; ++j) {
+      const acc_t v = static_cast<acc_t>(job.x[t * job.x_frame_stride + j * job.x_lane_stride]);
+      const acc_t m = job.m ? job.m[j] : job.m_value;
+      job.state[j] = (t == 0 && job.reset_at_frame0) ? v : cpu::ema_exact_scalar(m, acc_t(1) - m, job.state[j], v);
+      if (job.y) job.y[t * job.y_frame_stride + j * job.y_lane_stride] = static_cast<scalar_t>(job.state[j]);
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void backward_strided(const cpu::BackwardJob<scalar_t>& job, int64_t x_lane_stride, int64_t y_lane_stride) {
+  for (int64_t t = job.t_end - 1; t >= job.t_begin; --t) {
+    const bool unscaled = t == 0 && !job.has_initial;
+    for (int64_t j = 0; j < job.lanes; ++j) {
+      const acc_t m = job.m ? job.m[j] : job.m_value;
+      const acc_t a = ema_reverse_step(m, job.a[j],
+                                       static_cast<acc_t>(job.grad_y[t * job.grad_y_frame_stride +
+                                                                     j * job.grad_y_lane_stride]));
+      job.a[j] = a;
+      if (!job.grad_x) continue;
+      job.grad_x[t * job.grad_x_frame_stride + j * job.grad_x_lane_stride] =
+          static_cast<scalar_t>(unscaled ? a : (acc_t(1) - m) * a);
+      if (!job.dm || unscaled) continue;  // without initial, y_0 = x_0 does not depend on m
+      const acc_t xv = static_cast<acc_t>(job.x[t * job.x_frame_stride + j * x_lane_stride]);
+      const acc_t prev =
+          t > 0 ? static_cast<acc_t>(job.y[(t - 1) * job.y_frame_stride + j * y_lane_stride]) : job.initial[j];
+      job.dm[j] += a * (prev - xv);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------- forward
-
-// One frame for a run of lanes. kUnit: x and y have inner stride 1 (then it vectorizes).
-template <typename scalar_t, typename acc_t, bool kUnit, bool kStore>
-inline void forward_frame(const scalar_t* __restrict x, scalar_t* __restrict y, acc_t* __restrict state,
-                          const acc_t* __restrict m, int64_t n, int64_t xs, int64_t ys, bool reset) {
-  if (kUnit) xs = ys = 1;
-  if (reset) {
-    for (int64_t j = 0; j < n; ++j) {
-      const acc_t v = static_cast<acc_t>(x[j * xs]);
-      state[j] = v;
-      if (kStore) y[j * ys] = static_cast<scalar_t>(v);
-    }
-  } else {
-    for (int64_t j = 0; j < n; ++j) {
-      const acc_t v = ema_step(m[j], acc_t(1) - m[j], state[j], static_cast<acc_t>(x[j * xs]));
-      state[j] = v;
-      if (kStore) y[j * ys] = static_cast<scalar_t>(v);
-    }
-  }
-}
-
-template <typename scalar_t, typename acc_t, bool kUnit, bool kStore>
-void forward_frames(const Layout& layout, const scalar_t* x, scalar_t* y, const LaneBlock& b, int64_t t_begin,
-                    int64_t t_end, bool reset_at_frame0, const acc_t* m, acc_t* state) {
-  const scalar_t* xb = x + lane_offset(layout, kX, b.coords);
-  scalar_t* yb = kStore ? y + lane_offset(layout, kY, b.coords) : nullptr;
-  const int64_t xs = inner_stride(layout, kX), ys = inner_stride(layout, kY);
-  const int64_t xf = layout.frame_stride[kX], yf = layout.frame_stride[kY];
-  for (int64_t t = t_begin; t < t_end; ++t) {
-    forward_frame<scalar_t, acc_t, kUnit, kStore>(xb + t * xf, kStore ? yb + t * yf : nullptr, state, m, b.count, xs,
-                                                  ys, t == 0 && reset_at_frame0);
-  }
-}
 
 template <typename scalar_t>
 void forward_cpu(const Layout& layout, const scalar_t* x, scalar_t* y, const at::opmath_type<scalar_t>* m,
                  double m_value, const scalar_t* initial) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t inner = layout.size[layout.dims - 1];
-  const bool unit = inner == 1 || (inner_stride(layout, kX) == 1 && inner_stride(layout, kY) == 1);
-  const TaskGrid grid(layout, unit);
+  static_assert(std::is_same<acc_t, cpu::AccOf<scalar_t>>::value, "accumulation types differ");
+  const cpu::KernelTable<scalar_t>& table = cpu::kernel_table<scalar_t>(cpu::selected_isa());
+  const Path path = unit_inner(layout, kX) && unit_inner(layout, kY)                    ? Path::kUnit
+                    : layout.frame_stride[kX] == 1 && layout.frame_stride[kY] == 1 ? Path::kTiles
+                                                                                       : Path::kStrided;
+  const TaskGrid grid(layout, path);
   const bool reset = initial == nullptr;
+  const bool streaming = layout.frames * layout.lanes * int64_t(sizeof(scalar_t)) >= kStreamingBytes;
   const int64_t frames = layout.frames, lanes = layout.lanes;
   std::vector<acc_t> aggregates(grid.chunks > 1 ? (grid.chunks - 1) * lanes : 0);
 
   // kStore = false: the aggregate pass (zero start, frame 0 still resets); true: the output pass.
   auto run = [&](auto store_tag, int64_t begin, int64_t end) {
     constexpr bool kStore = decltype(store_tag)::value;
-    std::vector<acc_t> mbuf(kBlockLanes), state(kBlockLanes);
+    std::vector<acc_t> mbuf(grid.block_lanes + kMaxVectorLanes), state(grid.block_lanes + kMaxVectorLanes);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t q = task / grid.per_chunk;
       const LaneBlock b = grid.block(layout, task % grid.per_chunk);
-      load_momentum(layout, b, m, static_cast<acc_t>(m_value), mbuf.data());
+      const bool endpoint = load_momentum(layout, b, m, static_cast<acc_t>(m_value), mbuf.data());
       const scalar_t* init = initial ? initial + lane_offset(layout, kInitial, b.coords) : nullptr;
       const int64_t is = inner_stride(layout, kInitial);
       for (int64_t j = 0; j < b.count; ++j) {
@@ -148,17 +195,34 @@ void forward_cpu(const Layout& layout, const scalar_t* x, scalar_t* y, const at:
           state[j] = forward_chunk_carry(aggregates.data(), lanes, b.lane + j, q, grid.chunk_len, mbuf[j], start, reset);
         }
       }
-      const int64_t t_begin = q * grid.chunk_len, t_end = std::min(frames, t_begin + grid.chunk_len);
-      if (unit) {
-        forward_frames<scalar_t, acc_t, true, kStore>(layout, x, y, b, t_begin, t_end, reset, mbuf.data(), state.data());
+      for (int64_t j = b.count; j < b.count + kMaxVectorLanes; ++j) state[j] = acc_t(0);
+      cpu::ForwardJob<scalar_t> job;
+      job.x = x + lane_offset(layout, kX, b.coords);
+      job.y = kStore ? y + lane_offset(layout, kY, b.coords) : nullptr;
+      job.lanes = b.count;
+      job.x_lane_stride = inner_stride(layout, kX);
+      job.y_lane_stride = inner_stride(layout, kY);
+      job.x_frame_stride = layout.frame_stride[kX];
+      job.y_frame_stride = layout.frame_stride[kY];
+      job.t_begin = q * grid.chunk_len;
+      job.t_end = std::min(frames, job.t_begin + grid.chunk_len);
+      job.reset_at_frame0 = reset;
+      job.non_temporal = streaming;
+      job.m = m ? mbuf.data() : nullptr;
+      job.m_value = static_cast<acc_t>(m_value);
+      job.state = state.data();
+      if (path == Path::kUnit) {
+        table.forward_unit[m != nullptr][endpoint](job);
+      } else if (path == Path::kTiles) {
+        table.forward_tiles[m != nullptr][endpoint](job);
       } else {
-        forward_frames<scalar_t, acc_t, false, kStore>(layout, x, y, b, t_begin, t_end, reset, mbuf.data(),
-                                                       state.data());
+        forward_strided<scalar_t, acc_t>(job);
       }
       if (!kStore) {
         for (int64_t j = 0; j < b.count; ++j) aggregates[q * lanes + b.lane + j] = state[j];
       }
     }
+    if (kStore && streaming) cpu::finish_streaming_stores();
   };
   if (grid.chunks > 1) {
     at::parallel_for(0, (grid.chunks - 1) * grid.per_chunk, 1,
@@ -180,28 +244,6 @@ struct BackwardPtrs {
   void* grad_momentum;
 };
 
-// a_t = dy_t + m a_{t+1} for a run of lanes, then dx_t.
-template <typename scalar_t, typename acc_t, bool kUnit, bool kStore>
-inline void backward_frame(const scalar_t* __restrict gy, scalar_t* __restrict gx, acc_t* __restrict a,
-                           const acc_t* __restrict m, int64_t n, int64_t gys, int64_t gxs, bool unscaled) {
-  if (kUnit) gys = gxs = 1;
-  for (int64_t j = 0; j < n; ++j) a[j] = ema_reverse_step(m[j], a[j], static_cast<acc_t>(gy[j * gys]));
-  if (!kStore) return;
-  if (unscaled) {  // frame 0 without initial: y_0 = x_0
-    for (int64_t j = 0; j < n; ++j) gx[j * gxs] = static_cast<scalar_t>(a[j]);
-  } else {
-    for (int64_t j = 0; j < n; ++j) gx[j * gxs] = static_cast<scalar_t>((acc_t(1) - m[j]) * a[j]);
-  }
-}
-
-// dm += a_t (prev_t - x_t), prev_t = y_{t-1} (or the initial state at t = 0).
-template <typename scalar_t, typename acc_t, typename prev_t, bool kUnit>
-inline void momentum_grad_frame(const prev_t* __restrict prev, const scalar_t* __restrict x,
-                                const acc_t* __restrict a, acc_t* __restrict dm, int64_t n, int64_t ps, int64_t xs) {
-  if (kUnit) ps = xs = 1;
-  for (int64_t j = 0; j < n; ++j) dm[j] += a[j] * (static_cast<acc_t>(prev[j * ps]) - static_cast<acc_t>(x[j * xs]));
-}
-
 template <typename scalar_t>
 void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_type<scalar_t>* m, double m_value,
                   bool want_dm) {
@@ -214,64 +256,70 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
   auto* ginit = static_cast<scalar_t*>(p.grad_initial);
   auto* gm = static_cast<acc_t*>(p.grad_momentum);
   const bool has_init = initial != nullptr;
+  const cpu::KernelTable<scalar_t>& table = cpu::kernel_table<scalar_t>(cpu::selected_isa());
 
   const int64_t frames = layout.frames, lanes = layout.lanes;
-  const int64_t inner = layout.size[layout.dims - 1];
-  auto unit_stride = [&](int op) { return inner == 1 || inner_stride(layout, op) == 1; };
-  const bool unit = unit_stride(kGradY) && unit_stride(kGradX) && (!want_dm || (unit_stride(kX) && unit_stride(kY)));
-  const TaskGrid grid(layout, unit);
+  const bool unit = unit_inner(layout, kGradY) && unit_inner(layout, kGradX) &&
+                    (!want_dm || (unit_inner(layout, kX) && unit_inner(layout, kY)));
+  // The tile kernels have no dm: a momentum gradient on frames-contiguous data takes the scalar loops.
+  const bool tiles = !want_dm && layout.frame_stride[kGradY] == 1 && layout.frame_stride[kGradX] == 1;
+  const Path path = unit ? Path::kUnit : tiles ? Path::kTiles : Path::kStrided;
+  const TaskGrid grid(layout, path);
+  const bool streaming = frames * lanes * int64_t(sizeof(scalar_t)) >= kStreamingBytes;
   std::vector<acc_t> aggregates(grid.chunks > 1 ? grid.chunks * lanes : 0);
   std::vector<acc_t> dm_partials(grid.chunks > 1 && want_dm ? grid.chunks * lanes : 0);
 
   auto run = [&](auto store_tag, int64_t begin, int64_t end) {
     constexpr bool kStore = decltype(store_tag)::value;
-    std::vector<acc_t> mbuf(kBlockLanes), a(kBlockLanes), dm(kBlockLanes), init(kBlockLanes);
+    const int64_t padded = grid.block_lanes + kMaxVectorLanes;
+    std::vector<acc_t> mbuf(padded), a(padded), dm(padded), init(padded);
     for (int64_t task = begin; task < end; ++task) {
       // The aggregate pass needs chunks 1 .. chunks-1 (chunk 0's is never folded).
       const int64_t q = task / grid.per_chunk + (kStore ? 0 : 1);
       const LaneBlock b = grid.block(layout, task % grid.per_chunk);
       const int64_t n = b.count;
       load_momentum(layout, b, m, static_cast<acc_t>(m_value), mbuf.data());
-      for (int64_t j = 0; j < n; ++j) {
-        a[j] = kStore ? backward_chunk_carry(aggregates.data(), lanes, b.lane + j, q, grid.chunks, frames,
-                                             grid.chunk_len, mbuf[j])
-                      : acc_t(0);
+      for (int64_t j = 0; j < padded; ++j) {
+        a[j] = kStore && j < n ? backward_chunk_carry(aggregates.data(), lanes, b.lane + j, q, grid.chunks, frames,
+                                                      grid.chunk_len, mbuf[j])
+                               : acc_t(0);
         dm[j] = acc_t(0);
+        init[j] = acc_t(0);
       }
       const int64_t t_begin = q * grid.chunk_len, t_end = std::min(frames, t_begin + grid.chunk_len);
-      const scalar_t* gyb = gy + lane_offset(layout, kGradY, b.coords);
-      scalar_t* gxb = gx + lane_offset(layout, kGradX, b.coords);
-      const scalar_t* xb = want_dm ? x + lane_offset(layout, kX, b.coords) : nullptr;
-      const scalar_t* yb = want_dm ? y + lane_offset(layout, kY, b.coords) : nullptr;
-      const int64_t gys = inner_stride(layout, kGradY), gxs = inner_stride(layout, kGradX);
-      const int64_t xs = inner_stride(layout, kX), ys = inner_stride(layout, kY);
       const bool dm_here = kStore && want_dm;
       if (dm_here && has_init && t_begin == 0) {
         const scalar_t* ib = initial + lane_offset(layout, kInitial, b.coords);
         const int64_t is = inner_stride(layout, kInitial);
         for (int64_t j = 0; j < n; ++j) init[j] = static_cast<acc_t>(ib[j * is]);
       }
-      for (int64_t t = t_end - 1; t >= t_begin; --t) {
-        const scalar_t* gyt = gyb + t * layout.frame_stride[kGradY];
-        scalar_t* gxt = gxb + t * layout.frame_stride[kGradX];
-        const bool unscaled = t == 0 && !has_init;
-        if (unit) {
-          backward_frame<scalar_t, acc_t, true, kStore>(gyt, gxt, a.data(), mbuf.data(), n, gys, gxs, unscaled);
-        } else {
-          backward_frame<scalar_t, acc_t, false, kStore>(gyt, gxt, a.data(), mbuf.data(), n, gys, gxs, unscaled);
-        }
-        if (!dm_here || unscaled) continue;  // without initial, y_0 = x_0 does not depend on m
-        const scalar_t* xt = xb + t * layout.frame_stride[kX];
-        if (t > 0) {
-          const scalar_t* yprev = yb + (t - 1) * layout.frame_stride[kY];
-          if (unit) {
-            momentum_grad_frame<scalar_t, acc_t, scalar_t, true>(yprev, xt, a.data(), dm.data(), n, ys, xs);
-          } else {
-            momentum_grad_frame<scalar_t, acc_t, scalar_t, false>(yprev, xt, a.data(), dm.data(), n, ys, xs);
-          }
-        } else {
-          momentum_grad_frame<scalar_t, acc_t, acc_t, false>(init.data(), xt, a.data(), dm.data(), n, 1, xs);
-        }
+      cpu::BackwardJob<scalar_t> job;
+      job.grad_y = gy + lane_offset(layout, kGradY, b.coords);
+      job.grad_x = kStore ? gx + lane_offset(layout, kGradX, b.coords) : nullptr;
+      job.x = dm_here ? x + lane_offset(layout, kX, b.coords) : nullptr;
+      job.y = dm_here ? y + lane_offset(layout, kY, b.coords) : nullptr;
+      job.lanes = n;
+      job.grad_y_lane_stride = inner_stride(layout, kGradY);
+      job.grad_x_lane_stride = inner_stride(layout, kGradX);
+      job.grad_y_frame_stride = layout.frame_stride[kGradY];
+      job.grad_x_frame_stride = layout.frame_stride[kGradX];
+      job.x_frame_stride = layout.frame_stride[kX];
+      job.y_frame_stride = layout.frame_stride[kY];
+      job.t_begin = t_begin;
+      job.t_end = t_end;
+      job.has_initial = has_init;
+      job.non_temporal = streaming;
+      job.m = m ? mbuf.data() : nullptr;
+      job.m_value = static_cast<acc_t>(m_value);
+      job.initial = init.data();
+      job.a = a.data();
+      job.dm = dm_here ? dm.data() : nullptr;
+      if (path == Path::kUnit) {
+        table.backward_unit[m != nullptr][dm_here](job);
+      } else if (path == Path::kTiles) {
+        table.backward_tiles[m != nullptr](job);
+      } else {
+        backward_strided<scalar_t, acc_t>(job, inner_stride(layout, kX), inner_stride(layout, kY));
       }
       if (!kStore) {
         for (int64_t j = 0; j < n; ++j) aggregates[q * lanes + b.lane + j] = a[j];
@@ -292,6 +340,7 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
         }
       }
     }
+    if (kStore && streaming) cpu::finish_streaming_stores();
   };
   if (grid.chunks > 1) {
     at::parallel_for(0, (grid.chunks - 1) * grid.per_chunk, 1,
