@@ -130,10 +130,16 @@ if _backend.compiled():
     def _setup_context(ctx, inputs, output):
         x, momentum, momentum_value, dim, initial = inputs
         ctx.momentum_value, ctx.dim = momentum_value, dim
-        ctx.save_for_backward(x, output, momentum, initial)
+        # Only the momentum gradient reads x and y (dm = sum a_t (y_{t-1} - x_t)); dx and
+        # d(initial) need dy alone, so otherwise neither is kept alive for backward.
+        keep_xy = momentum is not None and momentum.requires_grad
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        ctx.save_for_backward(x if keep_xy else None, output if keep_xy else None, momentum, initial)
 
     def _backward(ctx, grad_y):
         x, y, momentum, initial = ctx.saved_tensors
+        if x is None:  # the op checks x's and y's shape and dtype but does not read them here
+            x = y = torch.empty((), dtype=ctx.x_dtype, device=grad_y.device).expand(ctx.x_shape)
         want_m = momentum is not None and ctx.needs_input_grad[1]
         grad_x, grad_m, grad_init = torch.ops.vidmem_ext.temporal_momentum_backward(
             grad_y, x, y, momentum, ctx.momentum_value, ctx.dim, initial, want_m
