@@ -3,7 +3,7 @@
 Front end of torch.ops.vidmem_ext.dependency_noise_fill_ (the fused generator)
 and torch.ops.vidmem_ext.dependency_noise_step (the deterministic core on given
 candidates): argument checks, randomness plumbing and fake kernels. Kernels:
-csrc/cpu/dependency_noise.cpp and csrc/cuda/dependency_noise.cu; references:
+csrc/dependency_noise/dependency_noise_cpu.cpp and csrc/dependency_noise/dependency_noise.cu; references:
 vidmem_ext.reference.dependency_noise / dependency_noise_step.
 """
 

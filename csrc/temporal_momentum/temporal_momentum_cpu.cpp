@@ -23,9 +23,9 @@
 #include <type_traits>
 #include <vector>
 
-#include "temporal_momentum.h"
-#include "temporal_momentum_cpu_simd.h"
-#include "temporal_momentum_host.h"
+#include "temporal_momentum/temporal_momentum.h"
+#include "temporal_momentum/temporal_momentum_cpu_simd.h"
+#include "temporal_momentum/temporal_momentum_host.h"
 
 namespace vidmem {
 namespace momentum {

@@ -166,7 +166,7 @@ struct Vec {
   }
 };
 
-#include "temporal_momentum_cpu_kernels.inc"
+#include "temporal_momentum/temporal_momentum_cpu_kernels.inc"
 
 }  // namespace portable
 
@@ -177,6 +177,11 @@ struct Vec {
 // NaN lanes of a float -> half/bf16 conversion get the bits torch's scalar conversion gives.
 constexpr uint16_t kHalfNaN = 0x7E00;      // | sign
 constexpr uint16_t kBFloat16NaN = 0x7FC0;  // no sign
+
+// GCC's own intrinsics headers seed some results with a self-initialised "undefined" vector,
+// which -Wmaybe-uninitialized reports wherever they inline; nothing here reads undefined data.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 // ---------------------------------------------------------------------------- AVX2
 
@@ -309,7 +314,7 @@ struct Vec<double> {
   }
 };
 
-#include "temporal_momentum_cpu_kernels.inc"
+#include "temporal_momentum/temporal_momentum_cpu_kernels.inc"
 
 }  // namespace avx2
 #pragma GCC pop_options
@@ -321,7 +326,7 @@ struct Vec<double> {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c")
 #pragma GCC optimize("fp-contract=off")
-#include "temporal_momentum_cpu_simd_avx512.inc"
+#include "temporal_momentum/temporal_momentum_cpu_simd_avx512.inc"
 #pragma GCC pop_options
 #undef VIDMEM_AVX512_NAMESPACE
 #undef VIDMEM_AVX512_BF16
@@ -331,10 +336,12 @@ struct Vec<double> {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,f16c")
 #pragma GCC optimize("fp-contract=off")
-#include "temporal_momentum_cpu_simd_avx512.inc"
+#include "temporal_momentum/temporal_momentum_cpu_simd_avx512.inc"
 #pragma GCC pop_options
 #undef VIDMEM_AVX512_NAMESPACE
 #undef VIDMEM_AVX512_BF16
+
+#pragma GCC diagnostic pop
 
 #endif  // VIDMEM_X86_SIMD
 
