@@ -36,7 +36,8 @@ namespace {
 // lanes x frames, a few tiles per task. Otherwise (no unit stride at all) few lanes per task:
 // their independent recurrences interleave and the streams stay few for the TLB and prefetchers.
 constexpr int64_t kBlockLanes = 2048;
-constexpr int64_t kTileBlockLanes = 64;
+constexpr int64_t kTileBlockElements = 16384;  // lanes x frames of a frames-contiguous task
+constexpr int64_t kMaxTileBlockLanes = 4096;
 constexpr int64_t kStridedBlockLanes = 8;
 constexpr int64_t kChunkFrames = 1024;  // frames per chunk when lanes alone make too few tasks
 constexpr int64_t kMaxVectorLanes = 16;  // the widest vector of any path (buffer padding)
@@ -52,8 +53,12 @@ int64_t cpu_chunk_len(int64_t tasks_per_chunk, int64_t frames) {
   return kChunkFrames;
 }
 
-int64_t block_lanes_for(Path path, int64_t inner) {
-  if (path == Path::kTiles) return kTileBlockLanes;
+int64_t block_lanes_for(Path path, int64_t inner, int64_t frames) {
+  // Few frames per lane: more lanes per task, so that a task still moves tens of kilobytes.
+  if (path == Path::kTiles) {
+    const int64_t lanes = (kTileBlockElements / std::max<int64_t>(frames, 1) + 15) / 16 * 16;
+    return std::min(kMaxTileBlockLanes, std::max<int64_t>(16, lanes));
+  }
   if (path == Path::kStrided) return kStridedBlockLanes;
   // Split a row evenly into blocks of at most kBlockLanes, each a whole number of cache lines
   // (of fp32), so that neighbouring tasks rarely share a line.
@@ -80,7 +85,7 @@ struct TaskGrid {
 
   TaskGrid(const Layout& layout, Path path) {
     inner = layout.size[layout.dims - 1];
-    block_lanes = block_lanes_for(path, inner);
+    block_lanes = block_lanes_for(path, inner, layout.frames);
     per_row = (inner + block_lanes - 1) / block_lanes;
     per_chunk = (layout.lanes / inner) * per_row;
     chunk_len = cpu_chunk_len(per_chunk, layout.frames);
@@ -97,6 +102,13 @@ struct TaskGrid {
     return b;
   }
 };
+
+// Tasks per thread at least: a call of a few thousand elements is not worth waking a thread.
+int64_t task_grain(const TaskGrid& grid, int64_t frames) {
+  constexpr int64_t kMinElementsPerThread = 32768;
+  const int64_t per_task = std::max<int64_t>(1, grid.block_lanes * std::min(frames, grid.chunk_len));
+  return std::max<int64_t>(1, kMinElementsPerThread / per_task);
+}
 
 // Per-lane momentum of a block into `out` (padded with zeros to a whole vector); returns
 // whether some lane is exactly 0 or 1 (then the kernels take the exact-endpoint step).
@@ -139,7 +151,7 @@ void forward_strided(const cpu::ForwardJob<scalar_t>& job) {
 }
 
 template <typename scalar_t, typename acc_t>
-void backward_strided(const cpu::BackwardJob<scalar_t>& job, int64_t x_lane_stride, int64_t y_lane_stride) {
+void backward_strided(const cpu::BackwardJob<scalar_t>& job) {
   for (int64_t t = job.t_end - 1; t >= job.t_begin; --t) {
     const bool unscaled = t == 0 && !job.has_initial;
     for (int64_t j = 0; j < job.lanes; ++j) {
@@ -152,9 +164,9 @@ void backward_strided(const cpu::BackwardJob<scalar_t>& job, int64_t x_lane_stri
       job.grad_x[t * job.grad_x_frame_stride + j * job.grad_x_lane_stride] =
           static_cast<scalar_t>(unscaled ? a : (acc_t(1) - m) * a);
       if (!job.dm || unscaled) continue;  // without initial, y_0 = x_0 does not depend on m
-      const acc_t xv = static_cast<acc_t>(job.x[t * job.x_frame_stride + j * x_lane_stride]);
+      const acc_t xv = static_cast<acc_t>(job.x[t * job.x_frame_stride + j * job.x_lane_stride]);
       const acc_t prev =
-          t > 0 ? static_cast<acc_t>(job.y[(t - 1) * job.y_frame_stride + j * y_lane_stride]) : job.initial[j];
+          t > 0 ? static_cast<acc_t>(job.y[(t - 1) * job.y_frame_stride + j * job.y_lane_stride]) : job.initial[j];
       job.dm[j] += a * (prev - xv);
     }
   }
@@ -225,10 +237,10 @@ void forward_cpu(const Layout& layout, const scalar_t* x, scalar_t* y, const at:
     if (kStore && streaming) cpu::finish_streaming_stores();
   };
   if (grid.chunks > 1) {
-    at::parallel_for(0, (grid.chunks - 1) * grid.per_chunk, 1,
+    at::parallel_for(0, (grid.chunks - 1) * grid.per_chunk, task_grain(grid, frames),
                      [&](int64_t begin, int64_t end) { run(std::false_type{}, begin, end); });
   }
-  at::parallel_for(0, grid.chunks * grid.per_chunk, 1,
+  at::parallel_for(0, grid.chunks * grid.per_chunk, task_grain(grid, frames),
                    [&](int64_t begin, int64_t end) { run(std::true_type{}, begin, end); });
 }
 
@@ -261,8 +273,8 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
   const int64_t frames = layout.frames, lanes = layout.lanes;
   const bool unit = unit_inner(layout, kGradY) && unit_inner(layout, kGradX) &&
                     (!want_dm || (unit_inner(layout, kX) && unit_inner(layout, kY)));
-  // The tile kernels have no dm: a momentum gradient on frames-contiguous data takes the scalar loops.
-  const bool tiles = !want_dm && layout.frame_stride[kGradY] == 1 && layout.frame_stride[kGradX] == 1;
+  const bool tiles = layout.frame_stride[kGradY] == 1 && layout.frame_stride[kGradX] == 1 &&
+                     (!want_dm || (layout.frame_stride[kX] == 1 && layout.frame_stride[kY] == 1));
   const Path path = unit ? Path::kUnit : tiles ? Path::kTiles : Path::kStrided;
   const TaskGrid grid(layout, path);
   const bool streaming = frames * lanes * int64_t(sizeof(scalar_t)) >= kStreamingBytes;
@@ -301,6 +313,8 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
       job.lanes = n;
       job.grad_y_lane_stride = inner_stride(layout, kGradY);
       job.grad_x_lane_stride = inner_stride(layout, kGradX);
+      job.x_lane_stride = inner_stride(layout, kX);
+      job.y_lane_stride = inner_stride(layout, kY);
       job.grad_y_frame_stride = layout.frame_stride[kGradY];
       job.grad_x_frame_stride = layout.frame_stride[kGradX];
       job.x_frame_stride = layout.frame_stride[kX];
@@ -317,9 +331,9 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
       if (path == Path::kUnit) {
         table.backward_unit[m != nullptr][dm_here](job);
       } else if (path == Path::kTiles) {
-        table.backward_tiles[m != nullptr](job);
+        table.backward_tiles[m != nullptr][dm_here](job);
       } else {
-        backward_strided<scalar_t, acc_t>(job, inner_stride(layout, kX), inner_stride(layout, kY));
+        backward_strided<scalar_t, acc_t>(job);
       }
       if (!kStore) {
         for (int64_t j = 0; j < n; ++j) aggregates[q * lanes + b.lane + j] = a[j];
@@ -343,10 +357,10 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
     if (kStore && streaming) cpu::finish_streaming_stores();
   };
   if (grid.chunks > 1) {
-    at::parallel_for(0, (grid.chunks - 1) * grid.per_chunk, 1,
+    at::parallel_for(0, (grid.chunks - 1) * grid.per_chunk, task_grain(grid, frames),
                      [&](int64_t begin, int64_t end) { run(std::false_type{}, begin, end); });
   }
-  at::parallel_for(0, grid.chunks * grid.per_chunk, 1,
+  at::parallel_for(0, grid.chunks * grid.per_chunk, task_grain(grid, frames),
                    [&](int64_t begin, int64_t end) { run(std::true_type{}, begin, end); });
   if (want_dm && grid.chunks > 1) {  // chunk partials summed in chunk order: deterministic
     at::parallel_for(0, grid.per_chunk, 1, [&](int64_t begin, int64_t end) {

@@ -65,8 +65,8 @@ struct ForwardJob {
 };
 
 // Backward frames [t_begin, t_end), walked from the end. `a` holds a_{t_end} on entry and
-// a_{t_begin} on exit. grad_x == null: the a aggregate only. With kDm (unit-stride kernels):
-// x, y, initial (per lane, acc type, or null) and dm (accumulated per lane).
+// a_{t_begin} on exit. grad_x == null: the a aggregate only. With dm (non-null): x, y, initial
+// (per lane, acc type) and dm (accumulated per lane).
 template <typename S>
 struct BackwardJob {
   const S* grad_y;
@@ -74,7 +74,7 @@ struct BackwardJob {
   const S* x;
   const S* y;
   int64_t lanes;
-  int64_t grad_y_lane_stride, grad_x_lane_stride;
+  int64_t grad_y_lane_stride, grad_x_lane_stride, x_lane_stride, y_lane_stride;
   int64_t grad_y_frame_stride, grad_x_frame_stride, x_frame_stride, y_frame_stride;
   int64_t t_begin, t_end;
   bool has_initial;
@@ -92,7 +92,7 @@ struct KernelTable {
   void (*forward_unit[2][2])(const ForwardJob<S>&);
   void (*forward_tiles[2][2])(const ForwardJob<S>&);
   void (*backward_unit[2][2])(const BackwardJob<S>&);
-  void (*backward_tiles[2])(const BackwardJob<S>&);
+  void (*backward_tiles[2][2])(const BackwardJob<S>&);
   int vector_lanes;
 };
 
