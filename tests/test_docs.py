@@ -10,6 +10,7 @@ covered without touching this file.
 from __future__ import annotations
 
 import re
+import traceback
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,8 @@ def test_python_samples_run(page, tmp_path, monkeypatch, one_torch_thread):
     monkeypatch.chdir(tmp_path)  # samples may write files
     namespace = {"__name__": "__docs__"}
     for block in runnable:
-        code = compile(block.code, f"{_page_id(page)}:{block.line}", "exec")
+        # Leading newlines make tracebacks give the page's own line numbers.
+        code = compile("\n" * block.line + block.code, _page_id(page), "exec")
         try:
             exec(code, namespace)
         except ModuleNotFoundError as error:
@@ -130,8 +132,14 @@ def test_python_samples_run(page, tmp_path, monkeypatch, one_torch_thread):
                 raise
             pytest.skip(f"{_page_id(page)}:{block.line} needs the optional module {error.name!r}")
         except Exception as error:
+            lines = [
+                frame.lineno
+                for frame in traceback.extract_tb(error.__traceback__)
+                if frame.filename == code.co_filename
+            ]
             raise AssertionError(
-                f"the python sample at {_page_id(page)}:{block.line} failed: {type(error).__name__}: {error}"
+                f"{_page_id(page)}:{lines[-1] if lines else block.line}: the python sample starting at line "
+                f"{block.line} failed: {type(error).__name__}: {error}"
             ) from error
 
 
