@@ -1,4 +1,4 @@
-"""Temporal momentum: an exponential moving average over frames (SEMANTICS.md section 1).
+"""Temporal momentum: an exponential moving average over frames (docs/semantics.md, "Temporal momentum").
 
     y_0 = m * s + (1 - m) * x_0     (s = initial if given, else s = x_0, so y_0 = x_0)
     y_t = m * y_{t-1} + (1 - m) * x_t
