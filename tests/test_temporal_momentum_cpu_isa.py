@@ -246,3 +246,22 @@ def test_backward_without_momentum_gradient_keeps_neither_x_nor_y():
     x64 = x.detach().double().requires_grad_()
     (want,) = torch.autograd.grad(reference.temporal_momentum_loop(x64, 0.7, 0), x64, torch.ones(6, 5).double())
     assert (grad.double() - want).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("shape,dim", [((9, 40), 0), ((40, 9), 1)])  # lane kernel, tile kernel
+def test_backward_endpoints_are_exact_on_every_path(monkeypatch, isas, shape, dim):
+    """m = 0: a_t = dy_t, so dx = dy bit for bit; m = 1: dx_t = 0 for t >= 1 even where a_t is
+    infinite (no 0 * inf); whatever non-finite values the other frames hold."""
+    gen = torch.Generator().manual_seed(11)
+    grad_y = torch.randn(shape, generator=gen)
+    grad_y.select(dim, shape[dim] - 1).fill_(float("inf"))
+    grad_y.select(dim, shape[dim] // 2).fill_(float("nan"))
+    lanes = grad_y.select(dim, 0).numel()
+    m = torch.tensor([0.0, 1.0, 0.5] * lanes)[:lanes]
+    x = torch.randn(shape, generator=gen)
+    for isa in ["portable", *isas]:
+        (dx,) = run(monkeypatch, isa, x, m.clone(), dim, None, grad_y)[1:2]
+        zero_lanes, one_lanes = m == 0, m == 1
+        assert torch.equal(bits(dx.movedim(dim, -1)[zero_lanes]), bits(grad_y.movedim(dim, -1)[zero_lanes])), isa
+        later = dx.movedim(dim, -1)[one_lanes][:, 1:]
+        assert torch.equal(bits(later), bits(torch.zeros_like(later))), isa

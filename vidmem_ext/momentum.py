@@ -139,7 +139,7 @@ if _backend.compiled():
     def _backward(ctx, grad_y):
         x, y, momentum, initial = ctx.saved_tensors
         if x is None:  # the op checks x's and y's shape and dtype but does not read them here
-            x = y = torch.empty((), dtype=ctx.x_dtype, device=grad_y.device).expand(ctx.x_shape)
+            x = y = torch.zeros((), dtype=ctx.x_dtype, device=grad_y.device).expand(ctx.x_shape)
         want_m = momentum is not None and ctx.needs_input_grad[1]
         grad_x, grad_m, grad_init = torch.ops.vidmem_ext.temporal_momentum_backward(
             grad_y, x, y, momentum, ctx.momentum_value, ctx.dim, initial, want_m

@@ -43,7 +43,18 @@ constexpr int64_t kChunkFrames = 1024;  // frames per chunk when lanes alone mak
 constexpr int64_t kMaxVectorLanes = 16;  // the widest vector of any path (buffer padding)
 // Outputs at least this large are written with non-temporal stores: they would not stay in the
 // caches anyway, and streaming them saves reading every output line before it is written.
+// VIDMEM_EXT_CPU_STREAMING_BYTES overrides the threshold (a tuning knob; the bits do not change).
 constexpr int64_t kStreamingBytes = int64_t(4) << 20;
+
+int64_t streaming_threshold() {
+  const char* env = std::getenv("VIDMEM_EXT_CPU_STREAMING_BYTES");
+  if (env == nullptr || *env == '\0') return kStreamingBytes;
+  char* end = nullptr;
+  const long long value = std::strtoll(env, &end, 10);
+  TORCH_CHECK_VALUE(end != env && *end == '\0' && value >= 0,
+                    "VIDMEM_EXT_CPU_STREAMING_BYTES must be a byte count >= 0, got '", env, "'");
+  return static_cast<int64_t>(value);
+}
 
 enum class Path { kUnit, kTiles, kStrided };
 
@@ -156,13 +167,12 @@ void backward_strided(const cpu::BackwardJob<scalar_t>& job) {
     const bool unscaled = t == 0 && !job.has_initial;
     for (int64_t j = 0; j < job.lanes; ++j) {
       const acc_t m = job.m ? job.m[j] : job.m_value;
-      const acc_t a = ema_reverse_step(m, job.a[j],
-                                       static_cast<acc_t>(job.grad_y[t * job.grad_y_frame_stride +
-                                                                     j * job.grad_y_lane_stride]));
+      const acc_t gy = static_cast<acc_t>(job.grad_y[t * job.grad_y_frame_stride + j * job.grad_y_lane_stride]);
+      const acc_t a = cpu::reverse_exact_scalar(m, job.a[j], gy);
       job.a[j] = a;
       if (!job.grad_x) continue;
       job.grad_x[t * job.grad_x_frame_stride + j * job.grad_x_lane_stride] =
-          static_cast<scalar_t>(unscaled ? a : (acc_t(1) - m) * a);
+          static_cast<scalar_t>(unscaled ? a : cpu::input_grad_exact_scalar(m, acc_t(1) - m, a));
       if (!job.dm || unscaled) continue;  // without initial, y_0 = x_0 does not depend on m
       const acc_t xv = static_cast<acc_t>(job.x[t * job.x_frame_stride + j * job.x_lane_stride]);
       const acc_t prev =
@@ -185,7 +195,7 @@ void forward_cpu(const Layout& layout, const scalar_t* x, scalar_t* y, const at:
                                                                                        : Path::kStrided;
   const TaskGrid grid(layout, path);
   const bool reset = initial == nullptr;
-  const bool streaming = layout.frames * layout.lanes * int64_t(sizeof(scalar_t)) >= kStreamingBytes;
+  const bool streaming = layout.frames * layout.lanes * int64_t(sizeof(scalar_t)) >= streaming_threshold();
   const int64_t frames = layout.frames, lanes = layout.lanes;
   std::vector<acc_t> aggregates(grid.chunks > 1 ? (grid.chunks - 1) * lanes : 0);
 
@@ -277,7 +287,7 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
                      (!want_dm || (layout.frame_stride[kX] == 1 && layout.frame_stride[kY] == 1));
   const Path path = unit ? Path::kUnit : tiles ? Path::kTiles : Path::kStrided;
   const TaskGrid grid(layout, path);
-  const bool streaming = frames * lanes * int64_t(sizeof(scalar_t)) >= kStreamingBytes;
+  const bool streaming = frames * lanes * int64_t(sizeof(scalar_t)) >= streaming_threshold();
   std::vector<acc_t> aggregates(grid.chunks > 1 ? grid.chunks * lanes : 0);
   std::vector<acc_t> dm_partials(grid.chunks > 1 && want_dm ? grid.chunks * lanes : 0);
 
@@ -290,7 +300,7 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
       const int64_t q = task / grid.per_chunk + (kStore ? 0 : 1);
       const LaneBlock b = grid.block(layout, task % grid.per_chunk);
       const int64_t n = b.count;
-      load_momentum(layout, b, m, static_cast<acc_t>(m_value), mbuf.data());
+      const bool endpoint = load_momentum(layout, b, m, static_cast<acc_t>(m_value), mbuf.data());
       for (int64_t j = 0; j < padded; ++j) {
         a[j] = kStore && j < n ? backward_chunk_carry(aggregates.data(), lanes, b.lane + j, q, grid.chunks, frames,
                                                       grid.chunk_len, mbuf[j])
@@ -329,9 +339,9 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
       job.a = a.data();
       job.dm = dm_here ? dm.data() : nullptr;
       if (path == Path::kUnit) {
-        table.backward_unit[m != nullptr][dm_here](job);
+        table.backward_unit[m != nullptr][dm_here][endpoint](job);
       } else if (path == Path::kTiles) {
-        table.backward_tiles[m != nullptr][dm_here](job);
+        table.backward_tiles[m != nullptr][dm_here][endpoint](job);
       } else {
         backward_strided<scalar_t, acc_t>(job);
       }

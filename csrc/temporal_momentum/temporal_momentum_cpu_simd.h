@@ -91,18 +91,30 @@ template <typename S>
 struct KernelTable {
   void (*forward_unit[2][2])(const ForwardJob<S>&);
   void (*forward_tiles[2][2])(const ForwardJob<S>&);
-  void (*backward_unit[2][2])(const BackwardJob<S>&);
-  void (*backward_tiles[2][2])(const BackwardJob<S>&);
+  void (*backward_unit[2][2][2])(const BackwardJob<S>&);  // [tensor momentum][dm][exact endpoints]
+  void (*backward_tiles[2][2][2])(const BackwardJob<S>&);
   int vector_lanes;
 };
 
-// The forward step with the endpoints exact (SEMANTICS.md section 1): m == 0 gives x, m == 1
-// keeps the previous state, whatever the other operand holds; otherwise m * prev + (1 - m) * x.
+// The steps with the endpoints exact (docs/semantics.md), whatever the other operand holds:
+// forward, m == 0 gives x and m == 1 keeps the previous state (else m * prev + (1 - m) * x);
+// backward, m == 0 gives a_t = dy_t (else dy_t + m * a_{t+1}) and m == 1 gives dx_t = 0 (else
+// (1 - m) * a_t). The vector types' *_exact functions blend to the same results.
 template <typename acc_t>
 inline acc_t ema_exact_scalar(acc_t m, acc_t c, acc_t prev, acc_t x) {
   if (m == acc_t(0)) return x;
   if (m == acc_t(1)) return prev;
   return m * prev + c * x;
+}
+
+template <typename acc_t>
+inline acc_t reverse_exact_scalar(acc_t m, acc_t next, acc_t grad_y) {
+  return m == acc_t(0) ? grad_y : grad_y + m * next;
+}
+
+template <typename acc_t>
+inline acc_t input_grad_exact_scalar(acc_t m, acc_t c, acc_t a) {
+  return m == acc_t(1) ? acc_t(0) : c * a;
 }
 
 // ============================================================================ portable
@@ -146,6 +158,16 @@ struct Vec {
   static reg ema_exact(const reg& m, const reg& c, const reg& prev, const reg& x) {
     reg r;
     for (int i = 0; i < N; ++i) r.v[i] = ema_exact_scalar(m.v[i], c.v[i], prev.v[i], x.v[i]);
+    return r;
+  }
+  static reg reverse_exact(const reg& m, const reg& next, const reg& grad_y) {
+    reg r;
+    for (int i = 0; i < N; ++i) r.v[i] = reverse_exact_scalar(m.v[i], next.v[i], grad_y.v[i]);
+    return r;
+  }
+  static reg input_grad_exact(const reg& m, const reg& c, const reg& a) {
+    reg r;
+    for (int i = 0; i < N; ++i) r.v[i] = input_grad_exact_scalar(m.v[i], c.v[i], a.v[i]);
     return r;
   }
   static void transpose(reg (&t)[N]) {
@@ -212,6 +234,14 @@ struct Vec<float> {
     const reg r = _mm256_add_ps(_mm256_mul_ps(m, prev), _mm256_mul_ps(c, x));
     const reg with_one = _mm256_blendv_ps(r, prev, _mm256_cmp_ps(m, _mm256_set1_ps(1.0f), _CMP_EQ_OQ));
     return _mm256_blendv_ps(with_one, x, _mm256_cmp_ps(m, _mm256_setzero_ps(), _CMP_EQ_OQ));
+  }
+  static reg reverse_exact(reg m, reg next, reg grad_y) {
+    const reg r = _mm256_add_ps(grad_y, _mm256_mul_ps(m, next));
+    return _mm256_blendv_ps(r, grad_y, _mm256_cmp_ps(m, _mm256_setzero_ps(), _CMP_EQ_OQ));
+  }
+  static reg input_grad_exact(reg m, reg c, reg a) {
+    const reg r = _mm256_mul_ps(c, a);
+    return _mm256_blendv_ps(r, _mm256_setzero_ps(), _mm256_cmp_ps(m, _mm256_set1_ps(1.0f), _CMP_EQ_OQ));
   }
   static void transpose(reg (&r)[N]) {
     __m256 t[8];
@@ -295,6 +325,14 @@ struct Vec<double> {
     const reg r = _mm256_add_pd(_mm256_mul_pd(m, prev), _mm256_mul_pd(c, x));
     const reg with_one = _mm256_blendv_pd(r, prev, _mm256_cmp_pd(m, _mm256_set1_pd(1.0), _CMP_EQ_OQ));
     return _mm256_blendv_pd(with_one, x, _mm256_cmp_pd(m, _mm256_setzero_pd(), _CMP_EQ_OQ));
+  }
+  static reg reverse_exact(reg m, reg next, reg grad_y) {
+    const reg r = _mm256_add_pd(grad_y, _mm256_mul_pd(m, next));
+    return _mm256_blendv_pd(r, grad_y, _mm256_cmp_pd(m, _mm256_setzero_pd(), _CMP_EQ_OQ));
+  }
+  static reg input_grad_exact(reg m, reg c, reg a) {
+    const reg r = _mm256_mul_pd(c, a);
+    return _mm256_blendv_pd(r, _mm256_setzero_pd(), _mm256_cmp_pd(m, _mm256_set1_pd(1.0), _CMP_EQ_OQ));
   }
   static void transpose(reg (&r)[N]) {
     const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
