@@ -194,16 +194,24 @@ def test_bfloat16_rounding_of_fp32_denormals(monkeypatch, isas):
         assert torch.equal(bits(vidmem_ext.temporal_momentum(x, 0.5, 0)), bits(expected)), isa
 
 
-def test_large_outputs_use_streaming_stores_with_the_same_bits(monkeypatch, isas):
-    """Outputs from 4 MB on take non-temporal stores: same bits on both layouts."""
+def test_streaming_stores_give_the_same_bits(monkeypatch, isas):
+    """Large outputs take non-temporal stores (here forced from 0 bytes on): the same bits, on
+    both vector layouts, with unaligned rows; a bad threshold is an error."""
+    monkeypatch.setenv("VIDMEM_EXT_CPU_STREAMING_BYTES", "0")
     gen = torch.Generator().manual_seed(5)
-    for shape, dim in [((16, 70001), 0), ((4099, 260), 1)]:
+    for shape, dim in [((16, 7001), 0), ((499, 260), 1), ((3, 130, 33), 1)]:
         x = torch.randn(shape, generator=gen)
         grad_y = torch.randn(shape, generator=gen)
         portable = run(monkeypatch, "portable", x, 0.9, dim, None, grad_y)
         for isa in isas:
             for a, b in zip(portable, run(monkeypatch, isa, x, 0.9, dim, None, grad_y)):
                 assert torch.equal(bits(a), bits(b)), (isa, shape)
+
+
+def test_bad_streaming_threshold_is_an_error(monkeypatch):
+    monkeypatch.setenv("VIDMEM_EXT_CPU_STREAMING_BYTES", "lots")
+    with pytest.raises(ValueError, match="VIDMEM_EXT_CPU_STREAMING_BYTES"):
+        vidmem_ext.temporal_momentum(torch.ones(2, 2), 0.5, 0)
 
 
 def test_results_do_not_depend_on_the_thread_count(monkeypatch):
