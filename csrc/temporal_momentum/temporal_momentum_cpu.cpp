@@ -130,8 +130,8 @@ int64_t task_grain(const TaskGrid& grid, int64_t frames) {
 template <typename acc_t>
 bool load_momentum(const Layout& layout, const LaneBlock& b, const acc_t* m, acc_t m_value, acc_t* out) {
   bool endpoint = false;
-  if (m == nullptr) {
-    for (int64_t j = 0; j < b.count; ++j) out[j] = m_value;
+  if (m == nullptr) {  // the kernels take m_value itself; `out` only feeds the chunk carries
+    std::fill(out, out + b.count, m_value);
     endpoint = m_value == acc_t(0) || m_value == acc_t(1);
   } else {
     const acc_t* base = m + lane_offset(layout, kMomentum, b.coords);
@@ -141,7 +141,7 @@ bool load_momentum(const Layout& layout, const LaneBlock& b, const acc_t* m, acc
       endpoint |= out[j] == acc_t(0) || out[j] == acc_t(1);
     }
   }
-  for (int64_t j = b.count; j < b.count + kMaxVectorLanes; ++j) out[j] = acc_t(0);
+  std::fill(out + b.count, out + b.count + kMaxVectorLanes, acc_t(0));
   return endpoint;
 }
 
@@ -213,15 +213,15 @@ void forward_cpu(const Layout& layout, const scalar_t* x, scalar_t* y, const at:
       const bool endpoint = load_momentum(layout, b, m, static_cast<acc_t>(m_value), mbuf.data());
       const scalar_t* init = initial ? initial + lane_offset(layout, kInitial, b.coords) : nullptr;
       const int64_t is = inner_stride(layout, kInitial);
-      for (int64_t j = 0; j < b.count; ++j) {
-        const acc_t start = init ? static_cast<acc_t>(init[j * is]) : acc_t(0);
-        if (!kStore || q == 0) {
-          state[j] = kStore ? start : acc_t(0);
-        } else {
-          state[j] = forward_chunk_carry(aggregates.data(), lanes, b.lane + j, q, grid.chunk_len, mbuf[j], start, reset);
+      std::fill(state.begin(), state.begin() + b.count + kMaxVectorLanes, acc_t(0));
+      if (kStore && (init != nullptr || q > 0)) {  // else a zero start (frame 0 resets anyway)
+        for (int64_t j = 0; j < b.count; ++j) {
+          const acc_t start = init ? static_cast<acc_t>(init[j * is]) : acc_t(0);
+          state[j] = q == 0 ? start
+                            : forward_chunk_carry(aggregates.data(), lanes, b.lane + j, q, grid.chunk_len, mbuf[j],
+                                                  start, reset);
         }
       }
-      for (int64_t j = b.count; j < b.count + kMaxVectorLanes; ++j) state[j] = acc_t(0);
       cpu::ForwardJob<scalar_t> job;
       job.x = x + lane_offset(layout, kX, b.coords);
       job.y = kStore ? y + lane_offset(layout, kY, b.coords) : nullptr;
@@ -305,12 +305,14 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
       const LaneBlock b = grid.block(layout, task % grid.per_chunk);
       const int64_t n = b.count;
       const bool endpoint = load_momentum(layout, b, m, static_cast<acc_t>(m_value), mbuf.data());
-      for (int64_t j = 0; j < padded; ++j) {
-        a[j] = kStore && j < n ? backward_chunk_carry(aggregates.data(), lanes, b.lane + j, q, grid.chunks, frames,
-                                                      grid.chunk_len, mbuf[j])
-                               : acc_t(0);
-        dm[j] = acc_t(0);
-        init[j] = acc_t(0);
+      std::fill(a.begin(), a.end(), acc_t(0));
+      std::fill(dm.begin(), dm.end(), acc_t(0));
+      std::fill(init.begin(), init.end(), acc_t(0));
+      if (kStore && q < grid.chunks - 1) {  // the last chunk starts from a zero a
+        for (int64_t j = 0; j < n; ++j) {
+          a[j] = backward_chunk_carry(aggregates.data(), lanes, b.lane + j, q, grid.chunks, frames, grid.chunk_len,
+                                      mbuf[j]);
+        }
       }
       const int64_t t_begin = q * grid.chunk_len, t_end = std::min(frames, t_begin + grid.chunk_len);
       const bool dm_here = kStore && want_dm;
