@@ -21,7 +21,8 @@
 #include <cstring>
 #include <string>
 
-#if defined(__x86_64__) && defined(__GNUC__)
+// VIDMEM_PORTABLE_ONLY builds the portable path alone (what other architectures get).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(VIDMEM_PORTABLE_ONLY)
 #include <immintrin.h>
 #define VIDMEM_X86_SIMD 1
 #endif
