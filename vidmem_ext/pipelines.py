@@ -99,11 +99,6 @@ def _classes(spec) -> tuple[type, ...]:
 
 def _check_model(model) -> None:
     """TypeError unless `model` is a diffusers model with attention processors whose frames are in the batch."""
-    if not isinstance(model, torch.nn.Module) or not hasattr(model, "attn_processors"):
-        raise TypeError(
-            "model must be a diffusers model with attention processors (e.g. pipe.unet, with `attn_processors` "
-            f"and `set_attn_processor`), got {type(model).__name__}"
-        )
     import diffusers
 
     name = type(model).__name__
@@ -115,6 +110,11 @@ def _check_model(model) -> None:
             "text+video attention, rotary embeddings), while the processor needs the frames folded into the batch "
             "of spatial self-attention (UNets: Stable Diffusion, AnimateDiff, UNet3D, Stable Video Diffusion); "
             "nothing was installed"
+        )
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "attn_processors"):
+        raise TypeError(
+            "model must be a diffusers model with attention processors (e.g. pipe.unet, with `attn_processors` "
+            f"and `set_attn_processor`), got {type(model).__name__}"
         )
 
 
