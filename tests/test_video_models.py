@@ -23,7 +23,7 @@ pytestmark = [
 
 import diffusers  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
 import vidmem_ext  # noqa: E402
 from vidmem_ext.attention import TemporalMomentumAttnProcessor  # noqa: E402
@@ -96,6 +96,10 @@ def _no_progress_bar(pipe):
 
 @pytest.fixture(scope="module")
 def animatediff():
+    return _tiny_animatediff()
+
+
+def _tiny_animatediff(pipeline_class=diffusers.AnimateDiffPipeline):
     """AnimateDiffPipeline: a 2-level SD UNet (cross-attention at level 0 and mid) plus a motion adapter."""
     torch.manual_seed(0)
     unet2d = diffusers.UNet2DConditionModel(
@@ -114,7 +118,7 @@ def animatediff():
         block_out_channels=(8, 16), motion_layers_per_block=1, motion_norm_num_groups=2, motion_num_attention_heads=2
     )
     tokenizer, text_encoder = _text_parts(1)
-    pipe = diffusers.AnimateDiffPipeline(
+    pipe = pipeline_class(
         vae=_tiny_vae(2),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -286,9 +290,9 @@ def test_stable_video_diffusion_skips_temporal_transformer_blocks():
     assert any(".temporal_transformer_blocks." in n for n in unet.attn_processors)
 
 
-def test_sdxl_style_unet_gets_every_self_attention_layer():
+def _tiny_sdxl_unet():
     torch.manual_seed(8)
-    unet = diffusers.UNet2DConditionModel(  # SDXL's layout: text_time embedding, 2 transformer layers per block
+    return diffusers.UNet2DConditionModel(  # SDXL's layout: text_time embedding, 2 transformer layers per block
         block_out_channels=(8, 16),
         layers_per_block=1,
         sample_size=8,
@@ -303,10 +307,68 @@ def test_sdxl_style_unet_gets_every_self_attention_layer():
         cross_attention_dim=TEXT_WIDTH,
         attention_head_dim=4,
         norm_num_groups=2,
-    )
+    ).eval()
+
+
+def test_sdxl_style_unet_gets_every_self_attention_layer_and_momentum_0_1_are_exact():
+    unet, videos, frames = _tiny_sdxl_unet(), 1, 3
     names = self_attention_layer_names(unet)
     every_attn1 = [n for n in unet.attn_processors if n.endswith("attn1.processor")]
     assert names == every_attn1 and len(names) == 2 + 2 * 2 + 2  # down 1 (x2 layers), up 0 (2 blocks x2), mid (x2)
+    _sharpen_self_attention(unet, 4.0)
+    g, batch = _generator(2), 2 * videos * frames  # CFG: [uncond; cond], frames of each video contiguous
+    sample = torch.randn(batch, 4, 8, 8, generator=g)
+    text = torch.randn(batch, 5, TEXT_WIDTH, generator=g)
+    added = {"text_embeds": torch.randn(batch, TEXT_WIDTH, generator=g), "time_ids": torch.rand(batch, 6, generator=g)}
+
+    def run():
+        with torch.no_grad():
+            return unet(sample, 10, text, added_cond_kwargs=added).sample
+
+    plain = run()
+    cross_frame = _cross_frame_reference(unet, names, 2 * videos, run)
+    assert (plain - cross_frame).abs().max() > 1e-4
+    with temporal_momentum_processors(unet, 0.0, frames):
+        assert torch.equal(run(), plain)
+    with temporal_momentum_processors(unet, 1.0, frames):
+        assert torch.equal(run(), cross_frame)
+
+
+def test_zero_shot_video_sdxl_pipeline_at_momentum_0_equals_the_untouched_pipeline():
+    tokenizer = _tiny_clip_tokenizer(16)
+    torch.manual_seed(9)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=TEXT_WIDTH,
+    )
+    unet = diffusers.UNet2DConditionModel(**{**_tiny_sdxl_unet().config, "cross_attention_dim": 2 * TEXT_WIDTH})
+    _sharpen_self_attention(unet, 4.0)
+    pipe = diffusers.StableDiffusionXLPipeline(
+        vae=_tiny_vae(10),
+        text_encoder=CLIPTextModel(config),
+        text_encoder_2=CLIPTextModelWithProjection(config),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=_ddim(),
+        force_zeros_for_empty_prompt=False,
+    )
+    _no_progress_bar(pipe)
+    kwargs = {"num_inference_steps": STEPS, "output_type": "pt"}
+    got = zero_shot_video(pipe, "a red fox", 3, 0.0, 0.3, _generator(4), **kwargs)
+    noise = vidmem_ext.dependency_noise((1, 3, 4, 8, 8), 0.3, frame_dim=1, generator=_generator(4))
+    expected = pipe("a red fox", num_images_per_prompt=3, latents=noise[0], **kwargs).images
+    assert got.shape == (3, 3, 16, 16) and torch.equal(got, expected)
+    moved = zero_shot_video(pipe, "a red fox", 3, 1.0, 0.3, _generator(4), **kwargs)
+    assert (moved - expected).abs().max() > 1e-4
 
 
 # --------------------------------------------------------------------------- momentum 0 and 1 exact on chosen layers
@@ -560,3 +622,25 @@ def test_layers_overrides_the_choice(animatediff):
         self_attention_layer_names(unet, layers=spatial[0])
     with pytest.raises(TypeError, match="layers must hold layer names"):
         self_attention_layer_names(unet, layers=[3])
+
+
+def test_freenoise_split_inference_and_pag_are_refused():
+    pipe = _tiny_animatediff()
+    pipe.enable_free_noise(context_length=2, context_stride=1)
+    pipe.enable_free_noise_split_inference(spatial_split_size=4, temporal_split_size=2)
+    originals = _processors_now(pipe.unet)
+    with pytest.raises(TypeError, match="runs inside SplitInferenceModule"):
+        zero_shot_video(pipe, "a red fox", num_frames=3, num_inference_steps=STEPS)
+    assert pipe.unet.attn_processors == originals
+    pag = _tiny_animatediff(diffusers.AnimateDiffPAGPipeline)
+    with pytest.raises(TypeError, match="cannot drive AnimateDiffPAGPipeline: perturbed-attention guidance"):
+        zero_shot_video(pag, "a red fox", num_frames=3, num_inference_steps=STEPS)
+
+
+def test_freenoise_without_split_inference_keeps_its_temporal_blocks_untouched():
+    pipe = _tiny_animatediff()
+    pipe.enable_free_noise(context_length=2, context_stride=1)
+    names = self_attention_layer_names(pipe.unet)
+    assert names == _spatial_attn1_names(pipe.unet)
+    frames = zero_shot_video(pipe, "a red fox", 3, 0.9, 0.3, _generator(), num_inference_steps=STEPS, output_type="pt")
+    assert frames.shape == (3, 3, 16, 16) and torch.isfinite(frames).all()

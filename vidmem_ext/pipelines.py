@@ -78,6 +78,9 @@ _PLAIN_PROCESSORS = (
     *((where, cls) for where in _TEXT2VIDEO_ZERO for cls in ("CrossFrameAttnProcessor", "CrossFrameAttnProcessor2_0")),
 )
 
+# Wrappers that call the module on chunks of the batch: the frames of one video would land in different calls.
+_BATCH_SPLITTERS = (("diffusers.pipelines.free_noise_utils", "SplitInferenceModule"),)  # FreeNoise split inference
+
 _SUFFIX = ".processor"
 
 
@@ -125,6 +128,17 @@ def _is_in_temporal_block(model, path: str) -> bool:
     if _TEMPORAL_PATH_PARTS.intersection(parts):
         return True
     return any(isinstance(model.get_submodule(".".join(parts[:i])), temporal) for i in range(1, len(parts)))
+
+
+def _batch_splitter_above(model, path: str):
+    """The first enclosing module that runs its inner module on chunks of the batch, or None."""
+    splitters = _classes(_BATCH_SPLITTERS)
+    parts = path.split(".")
+    for i in range(1, len(parts)):
+        module = model.get_submodule(".".join(parts[:i]))
+        if isinstance(module, splitters):
+            return module
+    return None
 
 
 def _is_self_attention(module) -> bool:
@@ -201,6 +215,14 @@ def _choose_layers(model, layers) -> list[str]:
         chosen.sort(key=list(processors).index)
     for name in chosen:
         _check_layer(model, name, modules[name], processors[name])
+        splitter = _batch_splitter_above(model, name[: -len(_SUFFIX)])
+        if splitter is not None:
+            raise TypeError(
+                f"{type(model).__name__} layer {name!r} runs inside {type(splitter).__name__} (e.g. FreeNoise split "
+                "inference), which calls it on chunks of the batch, so one video's frames would be split between "
+                "calls and the momentum restarted in each; disable it (pipe.disable_free_noise_split_inference() "
+                "or similar); nothing was installed"
+            )
     return chosen
 
 
@@ -295,6 +317,13 @@ def _pipeline_kind(pipe) -> str:
         raise TypeError(f"pipe must be a diffusers pipeline with a `unet` (got {pipe_name})")
     params = inspect.signature(pipe.__call__).parameters
     unet_name = type(unet).__name__
+    pag = _classes((("diffusers.pipelines.pag.pag_utils", "PAGMixin"),))
+    if isinstance(pipe, pag):
+        raise TypeError(
+            f"zero_shot_video cannot drive {pipe_name}: perturbed-attention guidance swaps the self-attention "
+            "processors during the call, which would replace temporal momentum on those layers; use the pipeline "
+            "without PAG"
+        )
 
     def classes(names):
         return tuple(c for c in (getattr(diffusers, n, None) for n in names) if isinstance(c, type))
