@@ -632,7 +632,7 @@ def test_layers_overrides_the_choice(animatediff):
         with temporal_momentum_processors(unet, 0.5, 2, layers=[]):
             pytest.fail("the body must not run")
     cross = next(n for n in unet.attn_processors if n.endswith("attn2.processor") and ".attentions." in n)
-    with pytest.raises(ValueError, match="cross-attention layer"):
+    with pytest.raises(ValueError, match="is a cross-attention or added-KV layer"):
         self_attention_layer_names(unet, layers=[cross])
     with pytest.raises(ValueError, match="is not an attention layer"):
         self_attention_layer_names(unet, layers=["down_blocks.0.nothing"])

@@ -6,7 +6,10 @@ order, recent frames are embedded finely and older frames coarsely. Each term
 is padded at its end (replicate) to a multiple of its kernel and embedded by
 one Conv3d with kernel = stride = (temporal_stride, spatial_stride * patch_size,
 spatial_stride * patch_size), so it yields exactly the token grid that
-`token_budget.term_grid` counts.
+`token_budget.term_grid` counts. With `framepack_compatible=True` the packer
+embeds exactly as FramePack does instead (its 1x terms floor on odd sizes), and
+`MultiTermMemoryPacker.pooled_rope` gives FramePack's window-averaged rotary
+embedding for the tokens (docs/video_models.md).
 
 `plan_memory_terms` chooses such terms for a token budget.
 """

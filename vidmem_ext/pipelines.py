@@ -207,7 +207,7 @@ def _choose_layers(model, layers) -> list[str]:
             if not _is_self_attention(modules[name]):
                 _check_layer(model, name, modules[name], processors[name])  # a class it cannot handle: TypeError
                 raise ValueError(
-                    f"layers: {entry!r} is a cross-attention layer (its keys come from the text); "
+                    f"layers: {entry!r} is a cross-attention or added-KV layer (its keys come from the text); "
                     "temporal momentum applies to self-attention only"
                 )
             if name not in chosen:
@@ -220,8 +220,8 @@ def _choose_layers(model, layers) -> list[str]:
             raise TypeError(
                 f"{type(model).__name__} layer {name!r} runs inside {type(splitter).__name__} (e.g. FreeNoise split "
                 "inference), which calls it on chunks of the batch, so one video's frames would be split between "
-                "calls and the momentum restarted in each; disable it (pipe.disable_free_noise_split_inference() "
-                "or similar); nothing was installed"
+                "calls and the momentum restarted in each; use a model without it (e.g. a pipeline on which "
+                "enable_free_noise_split_inference() was not called); nothing was installed"
             )
     return chosen
 
