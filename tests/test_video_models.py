@@ -329,6 +329,27 @@ def _tiny_sdxl_unet():
     ).eval()
 
 
+def test_i2vgen_xl_skips_every_layer_that_attends_over_frames():
+    torch.manual_seed(11)
+    unet = diffusers.I2VGenXLUNet(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=4,
+        attention_head_dim=4,
+        num_attention_heads=None,
+        norm_num_groups=2,
+    )
+    names = self_attention_layer_names(unet)
+    assert names == _spatial_attn1_names(unet) and len(names) == 4
+    # its image-latent encoder attends over frames (batch = positions) with an attn1 at the top level
+    assert "image_latents_temporal_encoder.attn1.processor" in unet.attn_processors
+
+
 def test_sdxl_style_unet_gets_every_self_attention_layer_and_momentum_0_1_are_exact():
     unet, videos, frames = _tiny_sdxl_unet(), 1, 3
     names = self_attention_layer_names(unet)

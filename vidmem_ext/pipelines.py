@@ -57,9 +57,18 @@ _TEMPORAL_BLOCKS = (
     ("diffusers.models.transformers.transformer_temporal", "TransformerTemporalModel"),  # UNet3D, I2VGenXL
     ("diffusers.models.attention", "TemporalBasicTransformerBlock"),  # Stable Video Diffusion
     ("diffusers.models.attention", "FreeNoiseTransformerBlock"),  # AnimateDiff with FreeNoise
+    ("diffusers.models.unets.unet_i2vgen_xl", "I2VGenXLTransformerTemporalEncoder"),  # I2VGenXL's image latents
 )
 # The same places by module path, for diffusers versions that lack one of the classes above.
-_TEMPORAL_PATH_PARTS = frozenset({"motion_modules", "temp_attentions", "transformer_in", "temporal_transformer_blocks"})
+_TEMPORAL_PATH_PARTS = frozenset(
+    {
+        "motion_modules",
+        "temp_attentions",
+        "transformer_in",
+        "temporal_transformer_blocks",
+        "image_latents_temporal_encoder",
+    }
+)
 
 _TEXT2VIDEO_ZERO = tuple(  # under pipelines/deprecated since diffusers 0.33
     f"diffusers.pipelines.{where}text_to_video_synthesis.pipeline_text_to_video_zero" for where in ("deprecated.", "")
@@ -127,7 +136,7 @@ def _is_in_temporal_block(model, path: str) -> bool:
     parts = path.split(".")
     if _TEMPORAL_PATH_PARTS.intersection(parts):
         return True
-    return any(isinstance(model.get_submodule(".".join(parts[:i])), temporal) for i in range(1, len(parts)))
+    return any(isinstance(model.get_submodule(".".join(parts[:i])), temporal) for i in range(1, len(parts) + 1))
 
 
 def _batch_splitter_above(model, path: str):
