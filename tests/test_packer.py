@@ -795,3 +795,19 @@ def test_pooled_rope_bad_arguments():
         packer.pooled_rope(framepack_style_rope(), 10, 12, frame_indices=[1, 2])
     with pytest.raises(ValueError, match="one patch size"):
         MultiTermMemoryPacker([term(2, 2, 2, 2), term(1, 1, 1, 1)], 4, 8).pooled_rope(framepack_style_rope(), 8, 8)
+
+
+def test_framepack_compatible_module_path_crops_too():
+    """A projection that is not a plain Conv3d (here: one with a forward hook) is called as a module;
+    it gets the same cropped 1x term, so the tokens equal the matrix-product path's."""
+    packer = MultiTermMemoryPacker(SMALL_FRAMEPACK_TERMS, 3, 8, framepack_compatible=True, dtype=torch.float64)
+    history = torch.randn(1, 3, 10, 13, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain, _ = packer(history)
+        handle = packer.projections[2].register_forward_hook(lambda module, args, out: out)
+        try:
+            hooked, _ = packer(history)
+        finally:
+            handle.remove()
+    assert hooked.shape == plain.shape == (1, sum(packer.token_counts(13, 11)), 8)
+    assert_close_to(hooked, plain, torch.float64)
