@@ -595,6 +595,20 @@ def test_zero_shot_video_refuses_transformer_and_image_to_video_pipelines():
     )
     with pytest.raises(TypeError, match="CogVideoXTransformer3DModel is a video transformer"):
         zero_shot_video(cogvideo, "a red fox", num_frames=2)
+    if hasattr(diffusers, "HunyuanVideoFramepackPipeline"):  # its transformer has no attn_processors at all
+        framepack = diffusers.HunyuanVideoFramepackPipeline(
+            text_encoder=None,
+            tokenizer=None,
+            transformer=_tiny_video_transformer("FramePack"),
+            vae=None,
+            scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
+            text_encoder_2=None,
+            tokenizer_2=None,
+            image_encoder=None,
+            feature_extractor=None,
+        )
+        with pytest.raises(TypeError, match="HunyuanVideoFramepackTransformer3DModel is a video transformer"):
+            zero_shot_video(framepack, "a red fox", num_frames=2)
     svd = diffusers.StableVideoDiffusionPipeline(
         vae=None,
         image_encoder=None,

@@ -111,6 +111,15 @@ def _classes(spec) -> tuple[type, ...]:
 
 def _check_model(model) -> None:
     """TypeError unless `model` is a diffusers model with attention processors whose frames are in the batch."""
+    _refuse_video_transformer(model)
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "attn_processors"):
+        raise TypeError(
+            "model must be a diffusers model with attention processors (e.g. pipe.unet, with `attn_processors` "
+            f"and `set_attn_processor`), got {type(model).__name__}"
+        )
+
+
+def _refuse_video_transformer(model) -> None:
     import diffusers
 
     name = type(model).__name__
@@ -122,11 +131,6 @@ def _check_model(model) -> None:
             "text+video attention, rotary embeddings), while the processor needs the frames folded into the batch "
             "of spatial self-attention (UNets: Stable Diffusion, AnimateDiff, UNet3D, Stable Video Diffusion); "
             "nothing was installed"
-        )
-    if not isinstance(model, torch.nn.Module) or not hasattr(model, "attn_processors"):
-        raise TypeError(
-            "model must be a diffusers model with attention processors (e.g. pipe.unet, with `attn_processors` "
-            f"and `set_attn_processor`), got {type(model).__name__}"
         )
 
 
@@ -306,9 +310,11 @@ _OTHER_VIDEO_UNETS = ("UNetSpatioTemporalConditionModel", "I2VGenXLUNet")
 
 
 def _pipeline_kind(pipe) -> str:
-    """ "image" (frames folded into the batch via num_images_per_prompt) or "video" ((B, C, F, H, W) latents).
+    """The pipeline's kind: "image" (frames folded into the batch by num_images_per_prompt) or "video".
 
-    Raises the TypeError that says why otherwise, before anything is drawn or installed.
+    "video": (B, C, F, H, W) latents and a `num_frames` argument.
+
+    Otherwise raises the TypeError that says why, before anything is drawn or installed.
     """
     import diffusers
 
@@ -316,8 +322,8 @@ def _pipeline_kind(pipe) -> str:
     unet = getattr(pipe, "unet", None)
     if unet is None or not hasattr(unet, "attn_processors"):
         denoiser = getattr(pipe, "transformer", None)
-        if denoiser is not None and hasattr(denoiser, "attn_processors"):
-            _check_model(denoiser)  # a video transformer: the TypeError that says why
+        if isinstance(denoiser, torch.nn.Module):
+            _refuse_video_transformer(denoiser)  # a video transformer: the TypeError that says why
             raise TypeError(
                 f"zero_shot_video drives UNet pipelines; {pipe_name} denoises with {type(denoiser).__name__}: "
                 "use temporal_momentum_processors(pipe.transformer, ...) around your own call if its attention "
