@@ -131,8 +131,12 @@ class TemporalMomentumAttnProcessor:
         momentum: float in [0, 1] or a tensor broadcastable to (heads, tokens, head_dim).
         num_frames: frames per video; may be set later (vidmem_ext.pipelines does), must be set before a call.
 
-    Install it on self-attention layers only, e.g. with
-    `vidmem_ext.pipelines.temporal_momentum_processors(unet, momentum, num_frames)`.
+    Install it on spatial self-attention layers only (batch = videos * frames, tokens = positions),
+    never on temporal or motion modules, where the batch holds positions and the tokens are frames;
+    `vidmem_ext.pipelines.temporal_momentum_processors(unet, momentum, num_frames)` picks those layers.
+    `num_frames` counts the frames of one video, whereas diffusers' CrossFrameAttnProcessor2_0
+    counts videos including CFG copies in its `batch_size`: momentum 1 here equals
+    CrossFrameAttnProcessor2_0(batch_size=2 * videos) under CFG.
     """
 
     def __init__(self, momentum=0.98, num_frames: int | None = None):
