@@ -22,7 +22,8 @@ import tempfile
 import torch
 from einops import rearrange
 
-from .attention import TemporalMomentumAttnProcessor, _check_momentum, _check_num_frames
+from ._checks import check_momentum
+from .attention import TemporalMomentumAttnProcessor, check_num_frames
 from .noise import dependency_noise
 
 __all__ = ["zero_shot_video", "temporal_momentum_processors", "self_attention_layer_names", "tiny_stable_diffusion"]
@@ -54,7 +55,7 @@ def temporal_momentum_processors(model, momentum=0.98, num_frames: int = 8):
     (one instance shared by all layers: change its momentum or num_frames to
     affect them all).
     """
-    num_frames = _check_num_frames(num_frames)
+    num_frames = check_num_frames(num_frames)
     originals = dict(model.attn_processors)
     names = set(self_attention_layer_names(model))
     if not names:
@@ -114,8 +115,8 @@ def zero_shot_video(
     latents are scaled by the scheduler's init_noise_sigma inside the pipeline
     (StableDiffusionPipeline.prepare_latents), so they are drawn at unit scale.
     """
-    num_frames = _check_num_frames(num_frames)
-    momentum = _check_momentum(momentum)
+    num_frames = check_num_frames(num_frames)
+    momentum = check_momentum(momentum)
     unet = getattr(pipe, "unet", None)
     if unet is None or not hasattr(unet, "attn_processors"):
         raise TypeError(f"pipe must be a diffusers pipeline with a `unet` (got {type(pipe).__name__})")
