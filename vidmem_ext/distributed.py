@@ -385,4 +385,11 @@ def temporal_momentum(
     else:
         weights = torch.pow(_lane_shape(m_tensor.to(acc), len(slice_shape)).unsqueeze(dim), exponents)
     out = torch.addcmul(scanned.to(acc), weights, carry.unsqueeze(dim))
+    # Momentum exactly 0 is exact: y = x, even where an earlier rank's carry is not finite (0 * inf = NaN).
+    # torch.where keeps the carry in the graph, so that backward's collective runs on every rank.
+    if m_tensor is None:
+        zero_lanes = torch.full((), m_value == 0.0, device=x.device)
+    else:
+        zero_lanes = _lane_shape(m_tensor.detach(), len(slice_shape)).unsqueeze(dim) == 0
+    out = torch.where(zero_lanes, scanned.to(acc), out)
     return out.to(x.dtype)
