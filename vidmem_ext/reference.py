@@ -128,6 +128,25 @@ def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i
     Half inputs are computed in fp32; the frame has prev's dtype.
     """
     acc = acc_dtype(prev.dtype)
+    if acc != torch.float64 and prev.shape[0] and prev[0].numel():
+        # Where fp32 statistics overflow (prev above about 84) the kernels search in double, so do we:
+        # those batch items come from the fp64 computation (docs/errors.md).
+        p64 = prev.to(torch.float64).reshape(prev.shape[0], -1)
+        c64 = candidates.to(torch.float64).reshape(candidates.shape[0], prev.shape[0], -1)
+        w = p64.exp()
+        stats = torch.cat([(w * p64).mean(1, keepdim=True), (w * c64).mean(2).T], 1)
+        wide = (stats.isfinite() & (stats.abs() > torch.finfo(torch.float32).max)).any(1)
+        if wide.any():
+            frame64, alpha64, index64 = dependency_noise_step(
+                prev.to(torch.float64), candidates.to(torch.float64), lambda_i, linear_search_times
+            )
+            frame, alpha, index = _dependency_noise_step_in(acc, prev, candidates, lambda_i, linear_search_times)
+            item = wide.reshape(-1, *([1] * (prev.dim() - 1)))
+            return (
+                torch.where(item, frame64.to(prev.dtype), frame),
+                torch.where(wide, alpha64.to(acc), alpha),
+                torch.where(wide, index64, index),
+            )
     return _dependency_noise_step_in(acc, prev, candidates, lambda_i, linear_search_times)
 
 
