@@ -94,7 +94,9 @@ VIDMEM_HD int64_t inner_stride(const Layout& layout, int op) { return layout.str
 
 // Momentum exactly 0 or 1 is exact (docs/errors.md): m = 0 returns x and m = 1 returns the state
 // bit for bit, so a non-finite value elsewhere in the lane cannot leak in through 0 * inf = NaN.
-// For 0 < m < 1 non-finite values propagate forward as IEEE arithmetic says.
+// m is constant along a lane, and every output (and every a_t) of a lane comes out of ema_step /
+// ema_reverse_step, so a NaN that a scan of pairs or a chunk carry builds for an m = 0 lane is
+// discarded there. For 0 < m < 1 non-finite values propagate forward as IEEE arithmetic says.
 
 // One forward step: the new state from the previous state and the frame.
 template <typename acc_t>
@@ -116,14 +118,13 @@ VIDMEM_HD acc_t ema_input_grad(acc_t m, acc_t one_minus_m, acc_t a) {
 
 // An affine map state -> decay * state + value. A run of steps composes into one such map,
 // so a scan over frames is a scan of these pairs (the chunked kernels use it for carries).
-// A decay of exactly 0 discards the state (not 0 * state), as ema_step does.
 template <typename acc_t>
 struct ScanPair {
   acc_t decay;
   acc_t value;
 };
 
-// The map of one forward step (ema_step as a pair).
+// The map of one forward step (ema_step as a pair); for m = 1 the value is exactly 0, not 0 * x.
 template <typename acc_t>
 VIDMEM_HD ScanPair<acc_t> ema_pair(acc_t m, acc_t one_minus_m, acc_t x) {
   return ScanPair<acc_t>{m, m == acc_t(1) ? acc_t(0) : one_minus_m * x};
@@ -134,15 +135,15 @@ VIDMEM_HD ScanPair<acc_t> scan_identity() {
   return ScanPair<acc_t>{acc_t(1), acc_t(0)};
 }
 
-template <typename acc_t>
-VIDMEM_HD acc_t scan_apply(const ScanPair<acc_t>& pair, acc_t state) {
-  return pair.decay == acc_t(0) ? pair.value : pair.decay * state + pair.value;
-}
-
 // `earlier` applied first, then `later`.
 template <typename acc_t>
 VIDMEM_HD ScanPair<acc_t> scan_combine(const ScanPair<acc_t>& earlier, const ScanPair<acc_t>& later) {
-  return ScanPair<acc_t>{earlier.decay * later.decay, scan_apply(later, earlier.value)};
+  return ScanPair<acc_t>{earlier.decay * later.decay, later.decay * earlier.value + later.value};
+}
+
+template <typename acc_t>
+VIDMEM_HD acc_t scan_apply(const ScanPair<acc_t>& pair, acc_t state) {
+  return pair.decay * state + pair.value;
 }
 
 // m^n by repeated squaring (the same rounding on host and device).
@@ -181,7 +182,7 @@ VIDMEM_HD acc_t forward_chunk_carry(const acc_t* aggregates, int64_t lanes, int6
   acc_t state = start;
   for (int64_t q = 0; q < chunk; ++q) {
     const acc_t decay = (q == 0 && reset_at_frame0) ? acc_t(0) : full_decay;
-    state = scan_apply(ScanPair<acc_t>{decay, aggregates[q * lanes + lane]}, state);
+    state = decay * state + aggregates[q * lanes + lane];
   }
   return state;
 }
@@ -193,8 +194,7 @@ VIDMEM_HD acc_t backward_chunk_carry(const acc_t* aggregates, int64_t lanes, int
                                      int64_t chunks, int64_t frames, int64_t chunk_len, acc_t m) {
   acc_t a = acc_t(0);
   for (int64_t q = chunks - 1; q > chunk; --q) {
-    const ScanPair<acc_t> chunk_map{int_power(m, chunk_length(frames, chunk_len, q)), aggregates[q * lanes + lane]};
-    a = scan_apply(chunk_map, a);
+    a = int_power(m, chunk_length(frames, chunk_len, q)) * a + aggregates[q * lanes + lane];
   }
   return a;
 }

@@ -133,8 +133,9 @@ def dependency_noise(
         # Shapes only (meta), or nothing to draw: no kernel, no randomness, no stream-layout limits.
         # Alphas of an empty frame are 0, like frame 0's.
         out = torch.empty(shape, dtype=dtype, device=device)
-        alphas = torch.zeros((shape[0], shape[frame_dim]), dtype=acc, device=device)
-        return (out, alphas) if return_alphas else out
+        if not return_alphas:
+            return out
+        return out, torch.zeros((shape[0], shape[frame_dim]), dtype=acc, device=device)
 
     if _backend.use_kernel("dependency_noise", device):
         out = torch.empty(shape, dtype=dtype, device=device)

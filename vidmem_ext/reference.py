@@ -135,7 +135,12 @@ def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i
         c64 = candidates.to(torch.float64).reshape(candidates.shape[0], prev.shape[0], -1)
         w = p64.exp()
         stats = torch.cat([(w * p64).mean(1, keepdim=True), (w * c64).mean(2).T], 1)
-        wide = (stats.isfinite() & (stats.abs() > torch.finfo(torch.float32).max)).any(1)
+        big = torch.finfo(torch.float32).max
+        wide = (stats.isfinite() & (stats.abs() > big)).any(1)
+        # This literal form also overflows elementwise (exp(p) (p - n) over p, the candidates and the
+        # compositions, each at most 2|p| + |n| in size), before any mean does.
+        terms = w * (2 * p64.abs() + c64.abs().amax(0))
+        wide |= (terms.isfinite() & (terms > big / 2)).any(1)
         if wide.any():
             frame64, alpha64, index64 = dependency_noise_step(
                 prev.to(torch.float64), candidates.to(torch.float64), lambda_i, linear_search_times
