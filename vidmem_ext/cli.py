@@ -18,13 +18,16 @@ from .token_budget import (
 
 
 def _argument_type(parse, option: str):
-    """An argparse type from a parser raising ValueError: a bad value becomes a one-line usage error (exit 2)."""
+    """An argparse type from a parser raising ValueError: a bad value becomes a one-line usage error (exit 2).
+
+    argparse prefixes the message with "argument OPTION:".
+    """
 
     def convert(text: str):
         try:
             return parse(text)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{option}: {exc}") from None
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     convert.__name__ = option  # argparse names the type in some messages
     return convert
