@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .token_budget import MemoryTerm, _check_int, _check_latent, _validate, multi_term_memory_patchification, term_grid
+from ._checks import check_int
+from .token_budget import MemoryTerm, check_latent, multi_term_memory_patchification, term_grid, validate_term
 
 __all__ = ["MultiTermMemoryPacker", "plan_memory_terms", "memory_term_kernel", "memory_token_positions"]
 
@@ -37,7 +38,7 @@ def memory_term_kernel(term: MemoryTerm) -> tuple[int, int, int]:
 def _as_terms(terms) -> tuple[MemoryTerm, ...]:
     if isinstance(terms, (str, bytes, Mapping)) or not isinstance(terms, Sequence):
         raise TypeError(f"terms must be a sequence (list or tuple) of terms, got {type(terms).__name__}")
-    return tuple(MemoryTerm(*_validate(term, f"terms[{i}]")) for i, term in enumerate(terms))
+    return tuple(MemoryTerm(*validate_term(term, f"terms[{i}]")) for i, term in enumerate(terms))
 
 
 def _floors(term: MemoryTerm, framepack_compatible: bool) -> bool:
@@ -71,7 +72,7 @@ def memory_token_positions(
     the mean of cos is not the cos of the mean, so the two differ on coarse terms.
     """
     terms = _as_terms(terms)
-    h, w = _check_latent(latent_h, latent_w)
+    h, w = check_latent(latent_h, latent_w)
     blocks = []
     first_frame = 0
     for term in terms:
@@ -313,6 +314,14 @@ class MultiTermMemoryPacker(nn.Module):
                 f"history must have shape {expected} (T = sum of the terms' num_latent_frames), "
                 f"got {tuple(history.shape)}"
             )
+        if not history.is_floating_point():
+            raise TypeError(f"history must be a floating tensor, got {history.dtype}")
+        weights = [p for p in self.parameters() if p.is_floating_point()]
+        if weights and history.dtype != weights[0].dtype and not torch.is_autocast_enabled(history.device.type):
+            raise ValueError(
+                f"history has dtype {history.dtype} but the packer's weights are {weights[0].dtype}: "
+                f"convert one (history.to({weights[0].dtype}) or packer.to({history.dtype})), or run under autocast"
+            )
 
     def forward(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_history(history)
@@ -415,10 +424,7 @@ class MultiTermMemoryPacker(nn.Module):
 
 
 def _check_positive(value, what: str) -> int:
-    value = _check_int(value, what)
-    if value < 1:
-        raise ValueError(f"{what} must be >= 1, got {value}")
-    return value
+    return check_int(value, what, minimum=1)
 
 
 def plan_memory_terms(
@@ -457,7 +463,7 @@ def plan_memory_terms(
     fit, naming the tokens that it needs.
     """
     frames = _check_nonnegative(history_frames, "history_frames")
-    h, w = _check_latent(latent_h, latent_w)
+    h, w = check_latent(latent_h, latent_w)
     budget = _check_nonnegative(token_budget, "token_budget")
     patch = _check_positive(patch_size, "patch_size")
     recent = min(_check_nonnegative(recent_frames, "recent_frames"), frames)
@@ -512,7 +518,4 @@ def plan_memory_terms(
 
 
 def _check_nonnegative(value, what: str) -> int:
-    value = _check_int(value, what)
-    if value < 0:
-        raise ValueError(f"{what} must be >= 0, got {value}")
-    return value
+    return check_int(value, what, minimum=0)

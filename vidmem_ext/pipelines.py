@@ -28,7 +28,8 @@ import tempfile
 import torch
 from einops import rearrange
 
-from .attention import TemporalMomentumAttnProcessor, _check_momentum, _check_num_frames
+from ._checks import check_momentum
+from .attention import TemporalMomentumAttnProcessor, check_num_frames
 from .noise import dependency_noise
 
 __all__ = ["zero_shot_video", "temporal_momentum_processors", "self_attention_layer_names", "tiny_stable_diffusion"]
@@ -276,8 +277,8 @@ def temporal_momentum_processors(model, momentum=0.98, num_frames: int = 8, laye
     diffusers' CrossFrameAttnProcessor2_0 counts the other way: its `batch_size` is the number of videos
     including the CFG copies, so momentum 1 here equals CrossFrameAttnProcessor2_0(batch_size=2 * videos).
     """
-    num_frames = _check_num_frames(num_frames)
-    momentum = _check_momentum(momentum)
+    num_frames = check_num_frames(num_frames)
+    momentum = check_momentum(momentum)
     names = set(_choose_layers(model, layers))
     if not names:
         raise ValueError(
@@ -407,8 +408,8 @@ def zero_shot_video(
     Passed latents are scaled by the scheduler's init_noise_sigma inside the pipeline (prepare_latents),
     so they are drawn at unit scale. The pipeline's processors are restored afterwards, also on error.
     """
-    num_frames = _check_num_frames(num_frames)
-    momentum = _check_momentum(momentum)
+    num_frames = check_num_frames(num_frames)
+    momentum = check_momentum(momentum)
     kind = _pipeline_kind(pipe)
     unet = pipe.unet
     for key in ("latents", "num_images_per_prompt", "num_videos_per_prompt"):

@@ -304,8 +304,7 @@ __global__ void __launch_bounds__(kThreads) step_stats_kernel(const StepArgs<sca
       const scalar_t* values = k < 0 ? prev : a.candidates + (k * a.batch + b) * a.numel;
       double sum = 0.0;
       for (int64_t e = first + threadIdx.x; e < end; e += kThreads) {
-        const acc_t product = mul_rn(exp_acc(Storage<scalar_t>::load(prev + e)), Storage<scalar_t>::load(values + e));
-        sum = add_rn(sum, static_cast<double>(product));
+        sum = add_rn(sum, weighted_term(Storage<scalar_t>::load(prev + e), Storage<scalar_t>::load(values + e)));
       }
       sum = block_sum(sum, scratch);
       if (threadIdx.x == 0) a.partials[(b * a.chunks + chunk_index) * stats + (k + 1)] = sum;
@@ -324,11 +323,11 @@ __global__ void __launch_bounds__(kThreads) step_search_kernel(const StepArgs<sc
   const auto mean_of = [&](int64_t slot) {  // chunk sums added in chunk order, in double
     double total = 0.0;
     for (int64_t c = 0; c < a.chunks; ++c) total = add_rn(total, sums[c * stats + slot]);
-    return static_cast<acc_t>(total / n);
+    return total / n;
   };
   const auto statistic = [&](int64_t k) { return mean_of(k + 1); };
   const SearchResult<acc_t> found =
-      dependency_noise_search<acc_t>(mean_of(0), a.num_candidates, statistic, a.lambda, a.linear_search_times);
+      search_on_means<acc_t>(mean_of(0), a.num_candidates, statistic, a.lambda, a.linear_search_times);
   a.alpha[b] = found.alpha;
   a.index[b] = found.index;
   a.coefficients[2 * b] = sqrt(found.alpha);
