@@ -1,6 +1,6 @@
 """The temporal momentum CUDA kernels, run on the CPU by a small emulator (tests/cuda_emulation).
 
-csrc/temporal_momentum/temporal_momentum.cu and the op code of csrc/temporal_momentum/temporal_momentum_cuda_ops.h are
+The kernels (csrc/temporal_momentum/*.cu, *.cuh) and the op code of temporal_momentum_cuda_ops.h are
 compiled unchanged as C++ against stand-in CUDA headers: a block's 256 threads are fibers,
 __syncthreads and warp shuffles are barriers between them (threads resume in a shuffled order
 at every barrier), 16-byte accesses must be aligned. This checks the kernels' index math, the
@@ -13,37 +13,21 @@ Tolerances as in test_temporal_momentum.py.
 
 from __future__ import annotations
 
-import os
-
+import cuda_emulation
 import pytest
 import torch
 
 from vidmem_ext import reference
 
-pytestmark = pytest.mark.slow  # the first run compiles the emulation (about 1.5 minutes on 2 cores)
+pytestmark = pytest.mark.slow  # the first run compiles the emulation (about 2 minutes on 2 cores)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 DTYPES = list(TOL)
 
 
 @pytest.fixture(scope="module")
 def emu():
-    from torch.utils import cpp_extension
-
-    try:
-        cpp_extension.verify_ninja_availability()
-    except RuntimeError:
-        pytest.skip("ninja is needed to build the CUDA emulation")
-    build = os.path.join(ROOT, "build", "cuda_emulation")
-    os.makedirs(build, exist_ok=True)
-    return cpp_extension.load(
-        name="vidmem_momentum_cuda_emulation",
-        sources=[os.path.join(ROOT, "tests", "cuda_emulation", "momentum_emulation.cpp")],
-        extra_include_paths=[os.path.join(ROOT, "tests", "cuda_emulation", "include"), os.path.join(ROOT, "csrc")],
-        extra_cflags=["-O1", "-Wno-unknown-pragmas"],
-        build_directory=build,
-    )
+    return cuda_emulation.load()
 
 
 def assert_close(actual, expected, tol):

@@ -1,4 +1,4 @@
-// CPU kernels of dependency noise (SEMANTICS.md section 2):
+// CPU kernels of dependency noise (docs/semantics.md, "Dependency noise"):
 //   dependency_noise_step   the deterministic core on given candidates (statistics pass, search, write pass);
 //   dependency_noise_fill_  the fused generator (one pass per frame, candidates never drawn).
 // The math is in dependency_noise.h and csrc/common/philox.h, shared with the CUDA kernels.
@@ -16,16 +16,16 @@
 #include <cstdlib>
 #include <vector>
 
+#include "common/dtype.h"
+#include "common/macros.h"
 #include "dependency_noise/dependency_noise.h"
 #include "dependency_noise/dependency_noise_host.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define VIDMEM_NOISE_AVX2 1
 #include <immintrin.h>
-#define VIDMEM_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
 #define VIDMEM_NOISE_AVX2 0
-#define VIDMEM_ALWAYS_INLINE inline
 #endif
 
 namespace vidmem {
@@ -54,8 +54,7 @@ struct FrameLayout {
   int64_t frame_numel() const { return pre * post; }
 };
 
-FrameLayout frame_layout(const at::Tensor& out, int64_t frame_dim) {
-  const NoiseOutShape shape = noise_out_shape(out, frame_dim);
+FrameLayout frame_layout(const NoiseOutShape& shape) {
   FrameLayout layout{};
   layout.batch = shape.batch;
   layout.pre = shape.pre;
@@ -342,23 +341,18 @@ void fill_frames(scalar_t* data, const FrameLayout& layout, acc_t* alphas, acc_t
 
 at::Tensor dependency_noise_fill_cpu(at::Tensor& out, double lambda_i, int64_t random_search_times,
                                      int64_t linear_search_times, int64_t frame_dim, int64_t seed, int64_t offset) {
-  frame_dim = check_fill_args(out, lambda_i, random_search_times, linear_search_times, frame_dim);
-  const at::ScalarType acc_type = noise_acc_dtype(out.scalar_type());
-  at::Tensor alphas = at::zeros({out.size(0), out.size(frame_dim)}, out.options().dtype(acc_type));
-  if (out.numel() == 0) return alphas;
-
-  at::Tensor work = out.is_contiguous() ? out : at::empty(out.sizes(), out.options());
-  const FrameLayout layout = frame_layout(work, frame_dim);
-  AT_DISPATCH_SWITCH(work.scalar_type(), "dependency_noise_fill_cpu",
-                     AT_DISPATCH_CASE_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, [&] {
-                       using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-                       fill_frames<scalar_t, acc_t>(work.data_ptr<scalar_t>(), layout, alphas.data_ptr<acc_t>(),
-                                                    static_cast<acc_t>(lambda_i), random_search_times,
-                                                    linear_search_times, static_cast<uint64_t>(seed),
-                                                    static_cast<uint64_t>(offset));
-                     }));
-  if (!work.is_same(out)) out.copy_(work);
-  return alphas;
+  return run_fill(out, lambda_i, random_search_times, linear_search_times, frame_dim,
+                  [&](at::Tensor& work, const NoiseOutShape& shape, at::Tensor& alphas) {
+                    const FrameLayout layout = frame_layout(shape);
+                    AT_DISPATCH_SWITCH(work.scalar_type(), "dependency_noise_fill_cpu",
+                                       AT_DISPATCH_CASE_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, [&] {
+                                         using acc_t = acc_type<scalar_t>;
+                                         fill_frames<scalar_t, acc_t>(
+                                             work.data_ptr<scalar_t>(), layout, alphas.data_ptr<acc_t>(),
+                                             static_cast<acc_t>(lambda_i), random_search_times, linear_search_times,
+                                             static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
+                                       }));
+                  });
 }
 
 // ----------------------------------------------------------------------------- step op on given candidates
@@ -443,28 +437,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dependency_noise_step_cpu(const a
                                                                          const at::Tensor& candidates,
                                                                          double lambda_i,
                                                                          int64_t linear_search_times) {
-  check_step_args(prev, candidates, lambda_i, linear_search_times);
-  const at::ScalarType dtype = prev.scalar_type();
-  const at::ScalarType acc_type = noise_acc_dtype(dtype);
-  const int64_t batch = prev.size(0);
-  const int64_t numel = batch == 0 ? 0 : prev.numel() / batch;
-  const int64_t num_candidates = candidates.size(0);
-
-  const at::Tensor p = prev.contiguous();
-  const at::Tensor n = candidates.contiguous();
-  at::Tensor frame = at::empty_like(p);
-  at::Tensor alpha = at::empty({batch}, prev.options().dtype(acc_type));
-  at::Tensor index = at::empty({batch}, prev.options().dtype(at::kLong));
-  if (batch == 0) return {frame, alpha, index};
-  AT_DISPATCH_SWITCH(dtype, "dependency_noise_step_cpu",
-                     AT_DISPATCH_CASE_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, [&] {
-                       using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-                       step_frames<scalar_t, acc_t>(p.data_ptr<scalar_t>(), n.data_ptr<scalar_t>(),
-                                                    frame.data_ptr<scalar_t>(), alpha.data_ptr<acc_t>(),
-                                                    index.data_ptr<int64_t>(), batch, numel, num_candidates,
-                                                    static_cast<acc_t>(lambda_i), linear_search_times);
-                     }));
-  return {frame, alpha, index};
+  return run_step(prev, candidates, lambda_i, linear_search_times,
+                  [&](const at::Tensor& p, const at::Tensor& n, at::Tensor& frame, at::Tensor& alpha,
+                      at::Tensor& index) {
+                    const int64_t batch = p.size(0);
+                    const int64_t numel = p.numel() / batch;
+                    AT_DISPATCH_SWITCH(p.scalar_type(), "dependency_noise_step_cpu",
+                                       AT_DISPATCH_CASE_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, [&] {
+                                         using acc_t = acc_type<scalar_t>;
+                                         step_frames<scalar_t, acc_t>(
+                                             p.data_ptr<scalar_t>(), n.data_ptr<scalar_t>(),
+                                             frame.data_ptr<scalar_t>(), alpha.data_ptr<acc_t>(),
+                                             index.data_ptr<int64_t>(), batch, numel, n.size(0),
+                                             static_cast<acc_t>(lambda_i), linear_search_times);
+                                       }));
+                  });
 }
 
 }  // namespace vidmem

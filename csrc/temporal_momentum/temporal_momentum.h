@@ -1,4 +1,4 @@
-// Temporal momentum (SEMANTICS.md section 1): the math and the lane layout shared by the
+// Temporal momentum (docs/semantics.md, "Temporal momentum"): the math and the lane layout shared by the
 // C++ CPU kernel and the CUDA kernels. No torch headers here (nvcc compiles the .cu files
 // that include this file against a CPU-only torch).
 //
@@ -13,15 +13,10 @@
 // smallest stride of the output); when its stride is 1 the kernels vectorize along it.
 #pragma once
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/macros.h"
-
-#if defined(__CUDA_ARCH__)  // device pass only: the host compiler does not know the pragma
-#define VIDMEM_MOMENTUM_UNROLL _Pragma("unroll")
-#else
-#define VIDMEM_MOMENTUM_UNROLL
-#endif
 
 namespace vidmem {
 namespace momentum {
@@ -59,7 +54,7 @@ struct LaneCoords {
 
 VIDMEM_HD LaneCoords lane_coords(const Layout& layout, int64_t lane) {
   LaneCoords c;
-VIDMEM_MOMENTUM_UNROLL
+VIDMEM_UNROLL
   for (int d = kMaxLaneDims - 1; d >= 0; --d) {
     if (d < layout.dims) {
       const int64_t size = layout.size[d];
@@ -81,7 +76,7 @@ VIDMEM_MOMENTUM_UNROLL
 // Element offset of a lane's frame 0 in one operand.
 VIDMEM_HD int64_t lane_offset(const Layout& layout, int op, const LaneCoords& c) {
   int64_t offset = 0;
-VIDMEM_MOMENTUM_UNROLL
+VIDMEM_UNROLL
   for (int d = 0; d < kMaxLaneDims; ++d) {
     if (d < layout.dims) offset += c.index[d] * layout.stride[op][d];
   }
@@ -198,6 +193,55 @@ VIDMEM_HD acc_t backward_chunk_carry(const acc_t* aggregates, int64_t lanes, int
   }
   return a;
 }
+
+// ---------------------------------------------------------------------------- CUDA call parameters
+//
+// One struct per kernel family, filled once by the glue (temporal_momentum_cuda_ops.h): the
+// operands, the plan that plan_forward / plan_backward (temporal_momentum.cu) choose, and the
+// workspace the glue allocates for it. Pointers are untyped (the kernels cast them to the
+// storage type; momentum, grad_momentum and the workspace hold the accumulation type).
+
+enum class CudaKernel : int {
+  kLanes,          // regime (a): one thread per lane vector walks every frame
+  kLaneChunks,     // regime (b), frame axis strided: thread rows split the frames, chunks split them further
+  kFrameSegments,  // regime (b), frame axis contiguous: a block scans one lane's frames, chunks split them
+};
+
+// What plan_forward / plan_backward choose from the layout, the pointers' alignment and the SM count.
+struct CudaPlan {
+  CudaKernel kernel;
+  int vector;         // elements per memory access: 16 bytes' worth, or 1 when alignment does not allow it
+  int64_t chunk_len;  // frames per chunk
+  int64_t chunks;     // > 1: an aggregate pass runs first and the carries fold the aggregates in order
+  size_t workspace_bytes;
+};
+
+struct ForwardParams {
+  Layout layout;
+  const void* x;
+  void* y;
+  const void* momentum;   // nullptr: momentum_value for every lane
+  double momentum_value;
+  const void* initial;    // nullptr: frame 0 resets (y_0 = x_0)
+  CudaPlan plan;
+  void* workspace;        // plan.workspace_bytes: the chunk aggregates [chunk][lane] when plan.chunks > 1
+};
+
+struct BackwardParams {
+  Layout layout;
+  const void* grad_y;
+  const void* x;  // x and y: read only for the momentum gradient
+  const void* y;
+  void* grad_x;
+  const void* momentum;
+  double momentum_value;
+  const void* initial;
+  void* grad_initial;
+  void* grad_momentum;  // per lane, the frame-slice shape; written only when momentum_grad
+  bool momentum_grad;
+  CudaPlan plan;
+  void* workspace;  // plan.workspace_bytes: aggregates [chunk][lane], then the momentum-gradient partials
+};
 
 }  // namespace momentum
 }  // namespace vidmem

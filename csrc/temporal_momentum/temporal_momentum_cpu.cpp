@@ -10,12 +10,12 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ExpandUtils.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <vector>
 
+#include "common/dtype.h"
 #include "temporal_momentum/temporal_momentum.h"
 #include "temporal_momentum/temporal_momentum_host.h"
 
@@ -120,9 +120,9 @@ void forward_frames(const Layout& layout, const scalar_t* x, scalar_t* y, const 
 }
 
 template <typename scalar_t>
-void forward_cpu(const Layout& layout, const scalar_t* x, scalar_t* y, const at::opmath_type<scalar_t>* m,
+void forward_cpu(const Layout& layout, const scalar_t* x, scalar_t* y, const acc_type<scalar_t>* m,
                  double m_value, const scalar_t* initial) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = acc_type<scalar_t>;
   const int64_t inner = layout.size[layout.dims - 1];
   const bool unit = inner == 1 || (inner_stride(layout, kX) == 1 && inner_stride(layout, kY) == 1);
   const TaskGrid grid(layout, unit);
@@ -203,9 +203,9 @@ inline void momentum_grad_frame(const prev_t* __restrict prev, const scalar_t* _
 }
 
 template <typename scalar_t>
-void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_type<scalar_t>* m, double m_value,
-                  bool want_dm) {
-  using acc_t = at::opmath_type<scalar_t>;
+void backward_cpu(const Layout& layout, const BackwardPtrs& p, const acc_type<scalar_t>* m, double m_value,
+                  bool momentum_grad) {
+  using acc_t = acc_type<scalar_t>;
   const auto* gy = static_cast<const scalar_t*>(p.grad_y);
   const auto* x = static_cast<const scalar_t*>(p.x);
   const auto* y = static_cast<const scalar_t*>(p.y);
@@ -218,10 +218,11 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
   const int64_t frames = layout.frames, lanes = layout.lanes;
   const int64_t inner = layout.size[layout.dims - 1];
   auto unit_stride = [&](int op) { return inner == 1 || inner_stride(layout, op) == 1; };
-  const bool unit = unit_stride(kGradY) && unit_stride(kGradX) && (!want_dm || (unit_stride(kX) && unit_stride(kY)));
+  const bool unit =
+      unit_stride(kGradY) && unit_stride(kGradX) && (!momentum_grad || (unit_stride(kX) && unit_stride(kY)));
   const TaskGrid grid(layout, unit);
   std::vector<acc_t> aggregates(grid.chunks > 1 ? grid.chunks * lanes : 0);
-  std::vector<acc_t> dm_partials(grid.chunks > 1 && want_dm ? grid.chunks * lanes : 0);
+  std::vector<acc_t> dm_partials(grid.chunks > 1 && momentum_grad ? grid.chunks * lanes : 0);
 
   auto run = [&](auto store_tag, int64_t begin, int64_t end) {
     constexpr bool kStore = decltype(store_tag)::value;
@@ -241,11 +242,11 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
       const int64_t t_begin = q * grid.chunk_len, t_end = std::min(frames, t_begin + grid.chunk_len);
       const scalar_t* gyb = gy + lane_offset(layout, kGradY, b.coords);
       scalar_t* gxb = gx + lane_offset(layout, kGradX, b.coords);
-      const scalar_t* xb = want_dm ? x + lane_offset(layout, kX, b.coords) : nullptr;
-      const scalar_t* yb = want_dm ? y + lane_offset(layout, kY, b.coords) : nullptr;
+      const scalar_t* xb = momentum_grad ? x + lane_offset(layout, kX, b.coords) : nullptr;
+      const scalar_t* yb = momentum_grad ? y + lane_offset(layout, kY, b.coords) : nullptr;
       const int64_t gys = inner_stride(layout, kGradY), gxs = inner_stride(layout, kGradX);
       const int64_t xs = inner_stride(layout, kX), ys = inner_stride(layout, kY);
-      const bool dm_here = kStore && want_dm;
+      const bool dm_here = kStore && momentum_grad;
       if (dm_here && has_init && t_begin == 0) {
         const scalar_t* ib = initial + lane_offset(layout, kInitial, b.coords);
         const int64_t is = inner_stride(layout, kInitial);
@@ -282,7 +283,7 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
         const int64_t gis = inner_stride(layout, kGradInitial);
         for (int64_t j = 0; j < n; ++j) gib[j * gis] = static_cast<scalar_t>(mbuf[j] * a[j]);
       }
-      if (want_dm) {
+      if (momentum_grad) {
         if (grid.chunks > 1) {
           for (int64_t j = 0; j < n; ++j) dm_partials[q * lanes + b.lane + j] = dm[j];
         } else {
@@ -299,7 +300,7 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
   }
   at::parallel_for(0, grid.chunks * grid.per_chunk, 1,
                    [&](int64_t begin, int64_t end) { run(std::true_type{}, begin, end); });
-  if (want_dm && grid.chunks > 1) {  // chunk partials summed in chunk order: deterministic
+  if (momentum_grad && grid.chunks > 1) {  // chunk partials summed in chunk order: deterministic
     at::parallel_for(0, grid.per_chunk, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const LaneBlock b = grid.block(layout, task);
@@ -317,14 +318,12 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
 
 // ---------------------------------------------------------------------------- ops
 
-const void* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
-
 at::Tensor temporal_momentum_cpu(const at::Tensor& x, const std::optional<at::Tensor>& momentum, double momentum_value,
                                  int64_t dim, const std::optional<at::Tensor>& initial) {
   TORCH_CHECK_VALUE(x.device().is_cpu(), "temporal_momentum (CPU kernel): x must be on the CPU");
   return run_forward(x, momentum, momentum_value, dim, initial, [&](const PreparedCall& call, const Args& args) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "temporal_momentum_cpu", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
+      using acc_t = acc_type<scalar_t>;
       forward_cpu<scalar_t>(call.layout, call.ops[kX].const_data_ptr<scalar_t>(), call.ops[kY].data_ptr<scalar_t>(),
                             static_cast<const acc_t*>(data_or_null(call.ops[kMomentum])), args.momentum_value,
                             static_cast<const scalar_t*>(data_or_null(call.ops[kInitial])));
@@ -338,23 +337,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_momentum_backward_cpu(
   TORCH_CHECK_VALUE(x.device().is_cpu(), "temporal_momentum_backward (CPU kernel): x must be on the CPU");
   // With a float momentum the per-lane dm is still well defined; the front end asks for it only
   // when a momentum tensor requires grad.
-  const bool want_dm = momentum_grad;
   return run_backward(
-      grad_y, x, y, momentum, momentum_value, dim, initial, want_dm, [&](const PreparedCall& call, const Args& args) {
+      grad_y, x, y, momentum, momentum_value, dim, initial, momentum_grad,
+      [&](const PreparedCall& call, const Args& args) {
         BackwardPtrs p{data_or_null(call.ops[kGradY]),
                        data_or_null(call.ops[kX]),
                        data_or_null(call.ops[kY]),
                        call.ops[kGradX].data_ptr(),
                        data_or_null(call.ops[kInitial]),
-                       call.ops[kGradInitial].defined() ? call.ops[kGradInitial].data_ptr() : nullptr,
-                       call.ops[kGradMomentum].defined() ? call.ops[kGradMomentum].data_ptr() : nullptr};
+                       mutable_data_or_null(call.ops[kGradInitial]),
+                       mutable_data_or_null(call.ops[kGradMomentum])};
         AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "temporal_momentum_backward_cpu",
                                         [&] {
-                                          using acc_t = at::opmath_type<scalar_t>;
+                                          using acc_t = acc_type<scalar_t>;
                                           backward_cpu<scalar_t>(
                                               call.layout, p,
                                               static_cast<const acc_t*>(data_or_null(call.ops[kMomentum])),
-                                              args.momentum_value, want_dm);
+                                              args.momentum_value, momentum_grad);
                                         });
       });
 }
