@@ -195,7 +195,7 @@ class MultiTermMemoryPacker(nn.Module):
         framepack_compatible the 1x terms' floored counts)."""
         if not self.framepack_compatible:
             return multi_term_memory_patchification(self.terms, latent_h, latent_w)["tokens_per_term"]
-        h, w = _check_latent(latent_h, latent_w)
+        h, w = check_latent(latent_h, latent_w)
         return [math.prod(_term_grid(term, h, w, True)) for term in self.terms]
 
     def positions(self, latent_h: int, latent_w: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -239,7 +239,7 @@ class MultiTermMemoryPacker(nn.Module):
         """
         if isinstance(features, (tuple, list)):
             return tuple(self.pooled_rope(f, latent_h, latent_w, frame_indices) for f in features)
-        h, w = _check_latent(latent_h, latent_w)
+        h, w = check_latent(latent_h, latent_w)
         patch_sizes = {term.patch_size for term in self.terms}
         if len(patch_sizes) > 1:
             raise ValueError(f"pooled_rope needs one patch size for all terms, got {sorted(patch_sizes)}")

@@ -331,6 +331,8 @@ def _pipeline_kind(pipe) -> str:
                 "has the frames in the batch"
             )
         raise TypeError(f"pipe must be a diffusers pipeline with a `unet` (got {pipe_name})")
+    if not callable(pipe):
+        raise TypeError(f"pipe must be a callable diffusers pipeline (got {pipe_name}, which cannot be called)")
     params = inspect.signature(pipe.__call__).parameters
     unet_name = type(unet).__name__
     pag = _classes((("diffusers.pipelines.pag.pag_utils", "PAGMixin"),))
@@ -410,8 +412,6 @@ def zero_shot_video(
     """
     num_frames = check_num_frames(num_frames)
     momentum = check_momentum(momentum)
-    kind = _pipeline_kind(pipe)
-    unet = pipe.unet
     for key in ("latents", "num_images_per_prompt", "num_videos_per_prompt"):
         if key in pipe_kwargs:
             raise TypeError(f"zero_shot_video sets `{key}` itself; do not pass it")
@@ -426,6 +426,8 @@ def zero_shot_video(
         videos = pipe_kwargs["prompt_embeds"].shape[0]
     else:
         raise TypeError("prompt must be a string, a non-empty list of strings, or None with prompt_embeds")
+    kind = _pipeline_kind(pipe)  # after the argument checks: they need no pipeline
+    unet = pipe.unet
     self_attention_layer_names(unet)  # refuses an unsupported UNet before any noise is drawn
 
     latent_h, latent_w = _latent_size(pipe, pipe_kwargs.get("height"), pipe_kwargs.get("width"))
