@@ -14,6 +14,14 @@ from setuptools import find_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
+# ---- compile flags (issue 16): one place; tests/test_fp_contract.py reads CXX_FLAGS from here.
+# -ffp-contract=off: the shared Philox/Box-Muller math rounds every multiply and add on its own (the CUDA
+# side uses __fmul_rn/__fadd_rn); without it g++ fuses them into FMAs wherever the target has FMA
+# (aarch64, -march=native, -mfma), and seed= noise would differ between CPU and GPU.
+CXX_FLAGS = ["-O3", "-ffp-contract=off"]
+NVCC_FLAGS = ["-O3", "-lineinfo"]
+# ---- end compile flags
+
 
 def _read_version():
     with open(os.path.join(ROOT, "vidmem_ext", "_version.py")) as f:
@@ -46,7 +54,7 @@ def _extensions():
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))  # noqa: E731
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc")]
-    cxx_flags = ["-O3"]
+    cxx_flags = list(CXX_FLAGS)
     link_flags = []
     if sys.platform.startswith("linux"):
         # at::parallel_for is header code: without OpenMP enabled here it runs on one thread. At run
@@ -73,7 +81,7 @@ def _extensions():
             "vidmem_ext._C",
             sources,
             include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx_flags + define, "nvcc": ["-O3", "-lineinfo"] + define},
+            extra_compile_args={"cxx": cxx_flags + define, "nvcc": NVCC_FLAGS + define},
             extra_link_args=link_flags,
         )
     ]
