@@ -73,7 +73,7 @@ def normals_digest(tmp_path, name: str, flags: list[str]) -> tuple[str, int]:
     header = philox_header()
     src, exe = tmp_path / "normals.cpp", tmp_path / name
     src.write_text(PROGRAM)
-    cmd = [CXX, "-std=c++17", *flags, f"-DPHILOX_HEADER=\"{header}\"", f"-DGROUPS_COUNT={GROUPS}ull"]
+    cmd = [CXX, "-std=c++17", *flags, f'-DPHILOX_HEADER="{header}"', f"-DGROUPS_COUNT={GROUPS}ull"]
     cmd += [f"-I{os.path.join(ROOT, 'csrc')}", f"-I{os.path.dirname(header)}", str(src), "-o", str(exe)]
     build = subprocess.run(cmd, capture_output=True, text=True)
     assert build.returncode == 0, f"{' '.join(cmd)}\n{build.stderr}"
