@@ -61,9 +61,9 @@ PEER_INSTALL = {"accelerated-scan": "pip install accelerated-scan", "fla": "pip 
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 
 
-def default_dtypes(device: torch.device) -> list[torch.dtype]:
+def default_dtypes(device: torch.device, quick: bool = False) -> list[torch.dtype]:
     # fp16 matters on the CPU (its own conversion path); on CUDA bf16 and fp32 are what models use.
-    return [torch.float32, torch.bfloat16] + ([torch.float16] if device.type == "cpu" else [])
+    return [torch.float32, torch.bfloat16] + ([torch.float16] if device.type == "cpu" and not quick else [])
 
 
 def load_peers() -> dict[str, object]:
@@ -246,7 +246,7 @@ def cases(device: torch.device, *, quick: bool, dtypes=None, compile_loop: bool 
     peers = load_peers()
     out = []
     for layout in layouts_for(device, quick):
-        for dtype in dtypes or default_dtypes(device):
+        for dtype in dtypes or default_dtypes(device, quick):
             label = f"momentum {layout.label} {str(dtype).replace('torch.', '')}"
             thunk = lambda layout=layout, dtype=dtype: measure(  # noqa: E731
                 layout, dtype, device, quick=quick, compile_loop=compile_loop and not quick, peers=peers
