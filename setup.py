@@ -23,6 +23,58 @@ NVCC_FLAGS = ["-O3", "-lineinfo"]
 # ---- end compile flags
 
 
+# ---- CUDA toolkit root (issue 16)
+def _cuda_root_candidates():
+    """(root, how it was found) in order: CUDA_HOME / CUDA_PATH; nvcc's own report of its location
+    (`nvcc -v --dryrun` prints TOP=<toolkit>/bin/..: right even when the nvcc on the PATH is a wrapper
+    script outside the toolkit, where torch would guess the root from the wrapper's path); the
+    conventional /usr/local/cuda link."""
+    import shutil
+    import subprocess
+
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            yield os.environ[var], f"${var}"
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        try:
+            report = subprocess.run(
+                [nvcc, "-v", "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            for line in (report.stdout + report.stderr).splitlines():
+                if line.startswith("#$ TOP="):
+                    yield os.path.realpath(line.split("=", 1)[1].strip()), f"the report of {nvcc} (nvcc -v --dryrun)"
+        except (OSError, subprocess.SubprocessError):
+            pass
+        yield os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), f"the location of {nvcc}"
+    yield "/usr/local/cuda", "the conventional /usr/local/cuda link"
+
+
+def _has_cuda_headers(root):
+    return os.path.exists(os.path.join(root, "include", "cuda_runtime.h")) or bool(
+        glob.glob(os.path.join(root, "targets", "*", "include", "cuda_runtime.h"))
+    )
+
+
+def _set_cuda_home():
+    """Point CUDA_HOME (read by torch.utils.cpp_extension when first imported) at a real toolkit root."""
+    if os.environ.get("VIDMEM_EXT_CUDA", "").strip() == "0":
+        return
+    for root, how in _cuda_root_candidates():
+        if _has_cuda_headers(root) and os.path.exists(os.path.join(root, "bin", "nvcc")):
+            os.environ["CUDA_HOME"] = root
+            print(f"vidmem_ext: CUDA toolkit {root} (from {how})")
+            return
+    print("vidmem_ext: no CUDA toolkit found (no nvcc with cuda_runtime.h beside it)")
+
+
+_set_cuda_home()
+# ---- end CUDA toolkit root
+
+
 def _read_version():
     with open(os.path.join(ROOT, "vidmem_ext", "_version.py")) as f:
         scope = {}
