@@ -20,6 +20,10 @@ DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 # (aarch64, -march=native, -mfma), and seed= noise would differ between CPU and GPU.
 CXX_FLAGS = ["-O3", "-ffp-contract=off"]
 NVCC_FLAGS = ["-O3", "-lineinfo"]
+# VIDMEM_EXT_BWD_LAUNCH_BOUNDS=1 builds the momentum backward lane-chunks kernels with __launch_bounds__
+# limiting their registers (two blocks per SM); benchmarks/gpu_check.sh times both builds.
+if os.environ.get("VIDMEM_EXT_BWD_LAUNCH_BOUNDS", "").strip() == "1":
+    NVCC_FLAGS.append("-DVIDMEM_MOMENTUM_BWD_LAUNCH_BOUNDS=1")
 # ---- end compile flags
 
 

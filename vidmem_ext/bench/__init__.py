@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the momentum loop")
     parser.add_argument("--stem", default="bench", help="file name stem of the results (default: bench)")
+    parser.add_argument("--impls", default=None, help="momentum: only these implementations (e.g. vidmem_ext)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds; cases past it are reported as skipped")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -46,8 +48,10 @@ def _dtypes(text: str | None):
     return out
 
 
-def collect(device, ops, *, quick: bool, dtypes=None, compile_loop: bool = True, progress: bool = True):
-    """Run the chosen ops' cases; return (rows, goal lines)."""
+def collect(device, ops, *, quick: bool, dtypes=None, compile_loop: bool = True, progress: bool = True,
+            impls=None, budget: float | None = None):  # fmt: skip
+    """Run the chosen ops' cases; return (rows, goal lines). Cases that start after `budget` seconds
+    are reported as skipped rows."""
     from . import attention, momentum, noise, packer
     from .timing import Progress
 
@@ -56,13 +60,18 @@ def collect(device, ops, *, quick: bool, dtypes=None, compile_loop: bool = True,
     for op in ops:
         kwargs = {"quick": quick, "dtypes": dtypes}
         if op == "momentum":
-            kwargs["compile_loop"] = compile_loop
-        plan += modules[op].cases(device, **kwargs)
+            kwargs.update(compile_loop=compile_loop, impls=impls)
+        plan += [(op, label, thunk) for label, thunk in modules[op].cases(device, **kwargs)]
     bar = Progress(len(plan), enabled=progress)
     rows = []
+    start = time.perf_counter()
     try:
-        for label, thunk in plan:
-            rows += thunk()
+        for op, label, thunk in plan:
+            if budget is not None and time.perf_counter() - start > budget:
+                rows.append({"op": op, "case": label, "impl": "-", "mode": "-", "median_ms": None,
+                             "note": f"skipped: past the --budget of {budget:g} s"})  # fmt: skip
+            else:
+                rows += thunk()
             bar.step(label)
     finally:
         bar.close()
@@ -116,9 +125,9 @@ def run(args) -> int:
     print(f"vidmem_ext bench on {meta['device']}: torch {meta['torch']} ({meta['torch_build']}), "
           f"compiled kernels: {meta['compiled']}{'; --quick' if args.quick else ''}", flush=True)  # fmt: skip
 
-    rows, goals = collect(
-        device, ops, quick=args.quick, dtypes=dtypes, compile_loop=not args.no_compile, progress=not args.no_progress
-    )
+    impls = {name.strip() for name in args.impls.split(",")} if args.impls else None
+    rows, goals = collect(device, ops, quick=args.quick, dtypes=dtypes, compile_loop=not args.no_compile,
+                          progress=not args.no_progress, impls=impls, budget=args.budget)  # fmt: skip
     print(text_table(rows))
     if goals:
         print("== goals")

@@ -125,8 +125,10 @@ def layouts_for(device: torch.device, quick: bool) -> list[Layout]:
     return QUICK_LAYOUTS if quick else CUDA_LAYOUTS if device.type == "cuda" else LAYOUTS
 
 
-def measure(layout: Layout, dtype: torch.dtype, device: torch.device, *, quick: bool, compile_loop: bool, peers):
-    """Rows for one layout and dtype: every implementation, forward and forward+backward."""
+def measure(layout: Layout, dtype: torch.dtype, device: torch.device, *, quick: bool, compile_loop: bool, peers,
+            only=None):  # fmt: skip
+    """Rows for one layout and dtype: every implementation (or those named in `only`), forward and
+    forward+backward."""
     rows: list[dict] = []
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(layout.size, generator=gen).to(dtype).to(device)
@@ -183,6 +185,10 @@ def measure(layout: Layout, dtype: torch.dtype, device: torch.device, *, quick: 
     else:
         impls.append(("compiled loop", _compiled_loop(dim)))
 
+    if only is not None:
+        impls = [(impl, fn) for impl, fn in impls if impl in only]
+        rows[:] = [r for r in rows if r["impl"] in only]
+        peers = {name: peer for name, peer in peers.items() if name in only}
     for impl, fn in impls:
         try:
             got = fn(x)
@@ -241,7 +247,7 @@ def _compiled_loop(dim: int):
     return lambda t: compiled(t, MOMENTUM, dim)
 
 
-def cases(device: torch.device, *, quick: bool, dtypes=None, compile_loop: bool = True):
+def cases(device: torch.device, *, quick: bool, dtypes=None, compile_loop: bool = True, impls=None):
     """(label, thunk) pairs; each thunk returns the rows of one layout and dtype."""
     peers = load_peers()
     out = []
@@ -249,7 +255,7 @@ def cases(device: torch.device, *, quick: bool, dtypes=None, compile_loop: bool 
         for dtype in dtypes or default_dtypes(device, quick):
             label = f"momentum {layout.label} {str(dtype).replace('torch.', '')}"
             thunk = lambda layout=layout, dtype=dtype: measure(  # noqa: E731
-                layout, dtype, device, quick=quick, compile_loop=compile_loop and not quick, peers=peers
+                layout, dtype, device, quick=quick, compile_loop=compile_loop and not quick, peers=peers, only=impls
             )
             out.append((label, thunk))
     return out

@@ -63,8 +63,11 @@ def text_table(rows: list[dict]) -> str:
 
 def plot(meta: dict, rows: list[dict], path: str) -> bool:
     """Bars of the fraction of clone bandwidth per shape and implementation (momentum rows); False if none."""
-    from .._plot import bar_chart
-
+    try:
+        from .._plot import bar_chart
+    except ImportError:  # Pillow is an optional extra
+        print("no PNG plot: Pillow is not installed (pip install pillow)")
+        return False
     groups: dict[str, list[tuple[str, float]]] = {}
     for r in rows:
         if r["op"] == "momentum" and r.get("of_clone_bw") is not None and r["mode"] in ("fwd", "fwd+bwd"):
