@@ -108,7 +108,7 @@ def _extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))  # noqa: E731
-    sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
+    sources = rel("csrc/*.cpp") + rel("csrc/*/*_cpu.cpp")
     include_dirs = [os.path.join(ROOT, "csrc")]
     cxx_flags = list(CXX_FLAGS)
     link_flags = []
@@ -131,7 +131,7 @@ def _extensions():
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_CUDA_ARCHS
     os.environ["TORCH_CUDA_ARCH_LIST"] = archs  # read by torch when it builds the -gencode flags
     define = ["-DVIDMEM_EXT_WITH_CUDA=1", f'-DVIDMEM_EXT_CUDA_ARCHS="{archs}"']
-    sources += rel("csrc/cuda/*.cu") + rel("csrc/cuda/*.cpp")
+    sources += rel("csrc/*/*.cu") + rel("csrc/*/*_glue.cpp")
     return [
         CUDAExtension(
             "vidmem_ext._C",

@@ -1,6 +1,6 @@
 // The one place where every vidmem_ext op schema is declared, plus the Python
 // module init of vidmem_ext._C. Kernels register their implementations with
-// TORCH_LIBRARY_IMPL in csrc/cpu/*.cpp and csrc/cuda/cuda_glue.cpp.
+// TORCH_LIBRARY_IMPL in csrc/*/*_cpu.cpp and csrc/*/*_glue.cpp.
 #include <Python.h>
 #include <torch/library.h>
 

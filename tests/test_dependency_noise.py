@@ -1,4 +1,4 @@
-"""Dependency noise (SEMANTICS.md section 2): the step op against the literal reference, the fused
+"""Dependency noise (docs/semantics.md, "Dependency noise"): the step op against the literal reference, the fused
 generator against the literal algorithm in distribution, its randomness plumbing, layouts, bad
 input, memory, and (under the `cuda` marker) CPU/CUDA agreement.
 """

@@ -1,4 +1,4 @@
-"""Multi-term memory packer and budget planner (SEMANTICS.md section 3).
+"""Multi-term memory packer and budget planner (docs/semantics.md, "Multi-term memory patchification").
 
 The packer is checked against the literal reference (pad, one strided Conv3d per
 term) and the token budget's counts; the planner against brute force over its

@@ -1,9 +1,9 @@
-"""The shared __host__ __device__ RNG header csrc/philox.h, compiled as plain C++.
+"""The shared __host__ __device__ RNG header csrc/common/philox.h, compiled as plain C++.
 
 - Philox4x32-10 against the Random123 known-answer vectors (kat_vectors: zero, all-ones and pi
   counters and keys).
 - The branch-free float math of the normal transform (log, sincos of 2 pi t, sqrt) and the weight
-  exp of csrc/dependency_noise.h against libm, on dense samples of the inputs the kernels give them.
+  exp of csrc/dependency_noise/dependency_noise.h against libm, on dense samples of the inputs the kernels give them.
 """
 
 import json
@@ -21,7 +21,7 @@ PROGRAM = r"""
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include "dependency_noise.h"
+#include "dependency_noise/dependency_noise.h"
 using namespace vidmem;
 
 static int ulp_distance(float a, float b) {

@@ -1,4 +1,4 @@
-"""Temporal momentum (SEMANTICS.md section 1): kernels against the references, gradients,
+"""Temporal momentum (docs/semantics.md, "Temporal momentum"): kernels against the references, gradients,
 torch.library integration (opcheck, gradcheck, torch.compile), bad input.
 
 Tolerances, against an fp64 reference on the same (upcast) inputs:

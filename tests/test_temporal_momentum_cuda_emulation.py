@@ -1,6 +1,6 @@
 """The temporal momentum CUDA kernels, run on the CPU by a small emulator (tests/cuda_emulation).
 
-csrc/cuda/temporal_momentum.cu and the op code of csrc/temporal_momentum_cuda_ops.h are
+csrc/temporal_momentum/temporal_momentum.cu and the op code of csrc/temporal_momentum/temporal_momentum_cuda_ops.h are
 compiled unchanged as C++ against stand-in CUDA headers: a block's 256 threads are fibers,
 __syncthreads and warp shuffles are barriers between them (threads resume in a shuffled order
 at every barrier), 16-byte accesses must be aligned. This checks the kernels' index math, the

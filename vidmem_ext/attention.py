@@ -95,7 +95,7 @@ def temporal_momentum_attention(
 
     Returns:
         (batch, heads, tokens_q, dim_v), differentiable in q, k, v and a tensor momentum.
-        K_t = m K_{t-1} + (1 - m) k_t with K_0 = k_0 (SEMANTICS.md section 1), likewise V.
+        K_t = m K_{t-1} + (1 - m) k_t with K_0 = k_0 (docs/semantics.md, "Temporal momentum"), likewise V.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):

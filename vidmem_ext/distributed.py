@@ -1,4 +1,4 @@
-"""Frame-sharded temporal momentum over torch.distributed (SEMANTICS.md section 1, split by frames).
+"""Frame-sharded temporal momentum over torch.distributed (docs/semantics.md, "Temporal momentum", split by frames).
 
 Each rank of a process group holds a contiguous block of the video's frames, in
 rank order (blocks may be uneven or empty). `temporal_momentum` returns on every

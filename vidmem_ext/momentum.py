@@ -1,4 +1,4 @@
-"""Temporal momentum: an exponential moving average over frames (SEMANTICS.md section 1).
+"""Temporal momentum: an exponential moving average over frames (docs/semantics.md, "Temporal momentum").
 
     y_0 = m * s + (1 - m) * x_0     (s = initial if given, else s = x_0, so y_0 = x_0)
     y_t = m * y_{t-1} + (1 - m) * x_t
@@ -6,7 +6,7 @@
 Front end of torch.ops.vidmem_ext.temporal_momentum: argument checks, the fake
 (meta) kernels and the autograd formula, registered through torch.library so
 that opcheck, gradcheck and torch.compile(fullgraph=True) work. The kernels are
-csrc/cpu/temporal_momentum.cpp and csrc/cuda/temporal_momentum.cu; the
+csrc/temporal_momentum/temporal_momentum_cpu.cpp and csrc/temporal_momentum/temporal_momentum.cu; the
 references are vidmem_ext.reference.temporal_momentum_loop / _matrix.
 """
 

@@ -1,9 +1,9 @@
-"""Dependency noise: ZS²'s correlated per-frame Gaussian noise (SEMANTICS.md section 2).
+"""Dependency noise: ZS²'s correlated per-frame Gaussian noise (docs/semantics.md, "Dependency noise").
 
 Front end of torch.ops.vidmem_ext.dependency_noise_fill_ (the fused generator)
 and torch.ops.vidmem_ext.dependency_noise_step (the deterministic core on given
 candidates): argument checks, randomness plumbing and fake kernels. Kernels:
-csrc/cpu/dependency_noise.cpp and csrc/cuda/dependency_noise.cu; references:
+csrc/dependency_noise/dependency_noise_cpu.cpp and csrc/dependency_noise/dependency_noise.cu; references:
 vidmem_ext.reference.dependency_noise / dependency_noise_step.
 """
 
@@ -102,7 +102,7 @@ def dependency_noise(
 
     The fused kernels never draw the R candidates: they draw the candidates'
     statistics as scalars and then the winner conditioned on its statistic,
-    which has exactly the literal algorithm's distribution (SEMANTICS.md).
+    which has exactly the literal algorithm's distribution (docs/semantics.md, "Drawing only the winner").
     """
     if isinstance(shape, torch.Size | tuple | list):
         shape = [_check_count(s, "shape entries", 0) for s in shape]
@@ -162,7 +162,7 @@ def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i
     prev: (B, ...) the previous frame; candidates: (R, B, ...) the random-search
     candidates. Returns (frame (B, ...) in prev's dtype, alpha (B,), index (B,)
     int64): the first candidate with the smallest error, then the line search on
-    alpha, exactly as SEMANTICS.md section 2 (alpha clamped to [0, 1]).
+    alpha, exactly as docs/semantics.md, "Dependency noise" (alpha clamped to [0, 1]).
     """
     if not isinstance(prev, torch.Tensor) or not isinstance(candidates, torch.Tensor):
         raise TypeError("prev and candidates must be tensors")

@@ -1,4 +1,4 @@
-"""Multi-term memory packing (SEMANTICS.md section 3): the tokens that `token_budget` counts.
+"""Multi-term memory packing (docs/semantics.md, "Multi-term memory patchification"): the tokens `token_budget` counts.
 
 Autoregressive video models (FramePack and its successors) pack the latent
 frame history into a fixed context: the history is split into terms in time

@@ -1,4 +1,4 @@
-"""Plain PyTorch references for every vidmem_ext op (SEMANTICS.md sections 1, 2 and 3).
+"""Plain PyTorch references for every vidmem_ext op, as docs/semantics.md defines them.
 
 These are written for clarity, not speed. They are what the kernels are tested
 against, and what the ops fall back to when the compiled part is missing. All
@@ -108,7 +108,7 @@ def _compose(prev: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor) -> to
 
 
 def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i: float, linear_search_times: int = 15):
-    """One step of the dependency noise model on given candidates, literally as SEMANTICS.md reads.
+    """One step of dependency noise on given candidates, literally as docs/semantics.md, "Dependency noise" reads.
 
     prev: (B, ...); candidates: (R, B, ...). Returns (frame (B, ...), alpha (B,), index (B,) int64).
     Half inputs are computed in fp32; the frame has prev's dtype.
@@ -184,7 +184,7 @@ def dependency_noise(
 
 
 def multi_term_memory_pack(history: torch.Tensor, terms, weights, biases=None):
-    """The packer literally as SEMANTICS.md section 3 reads: per term, pad, one strided Conv3d.
+    """The packer literally as docs/semantics.md, "Multi-term memory patchification" reads: pad, one strided Conv3d.
 
     history: (B, C, T, H, W), T = sum of the terms' frames, terms oldest first
     (dicts or MemoryTerm). weights[i]: (E, C, kt, s*p, s*p) for term i; biases[i]: (E,) or None.

@@ -1,4 +1,4 @@
-"""Token budget of multi-term memory patchification (SEMANTICS.md section 3).
+"""Token budget of multi-term memory patchification (docs/semantics.md, "Multi-term memory patchification").
 
 Autoregressive video models compress the frame history into a fixed token
 budget: the history is split into terms, recent terms with fine strides and

@@ -1,5 +1,5 @@
-// Runs the temporal momentum CUDA kernels (csrc/cuda/temporal_momentum.cu, unchanged) and the
-// code of the CUDA ops (csrc/temporal_momentum_cuda_ops.h) on CPU tensors through the emulator
+// Runs the temporal momentum CUDA kernels (csrc/temporal_momentum/temporal_momentum.cu, unchanged) and the
+// code of the CUDA ops (csrc/temporal_momentum/temporal_momentum_cuda_ops.h) on CPU tensors through the emulator
 // in include/. Built by tests/test_temporal_momentum_cuda_emulation.py.
 #include <torch/extension.h>
 
@@ -7,8 +7,8 @@
 #include <cuda_runtime.h>
 
 #define VIDMEM_CUDA_EMULATION 1
-#include "cuda/temporal_momentum.cu"
-#include "temporal_momentum_cuda_ops.h"
+#include "temporal_momentum/temporal_momentum.cu"
+#include "temporal_momentum/temporal_momentum_cuda_ops.h"
 
 namespace {
 

@@ -15,7 +15,7 @@
 
 #include <stdint.h>
 
-#include "vidmem_common.h"
+#include "common/macros.h"
 
 #if defined(__CUDA_ARCH__)  // device pass only: the host compiler does not know the pragma
 #define VIDMEM_MOMENTUM_UNROLL _Pragma("unroll")

@@ -22,8 +22,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include "temporal_momentum.h"
-#include "temporal_momentum_cuda.h"
+#include "temporal_momentum/temporal_momentum.h"
+#include "temporal_momentum/temporal_momentum_cuda.h"
 
 namespace vidmem {
 namespace momentum {

@@ -1,6 +1,6 @@
 // Dependency noise (SEMANTICS.md section 2): the per-element and scalar math
-// shared by the CPU kernels (csrc/cpu/dependency_noise.cpp) and the CUDA
-// kernels (csrc/cuda/dependency_noise.cu). No torch headers here.
+// shared by the CPU kernels (csrc/dependency_noise/dependency_noise_cpu.cpp) and the CUDA
+// kernels (csrc/dependency_noise/dependency_noise.cu). No torch headers here.
 //
 // With w = exp(p) for the previous frame p of one batch item (N elements):
 //   A = mean(w p),  S(n) = mean(w n),  err(n) = |A - S(n) - lambda|,
@@ -15,8 +15,8 @@
 #include <cmath>
 #include <cstdint>
 
-#include "philox.h"
-#include "vidmem_common.h"
+#include "common/philox.h"
+#include "common/macros.h"
 
 namespace vidmem {
 

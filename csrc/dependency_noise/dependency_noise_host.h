@@ -7,7 +7,7 @@
 
 #include <cmath>
 
-#include "dependency_noise.h"
+#include "dependency_noise/dependency_noise.h"
 
 namespace vidmem {
 

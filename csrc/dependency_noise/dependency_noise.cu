@@ -1,7 +1,7 @@
 // CUDA kernels of dependency noise (SEMANTICS.md section 2). CUDA headers and our own only (no
 // torch), so CI compiles this file with nvcc against a CPU-only torch; the torch glue is
-// csrc/cuda/dependency_noise_glue.cpp. The per-element and scalar math (Philox, Box-Muller, the
-// search, composing a frame) is csrc/philox.h and csrc/dependency_noise.h, shared with the CPU.
+// dependency_noise_glue.cpp. The per-element and scalar math (Philox, Box-Muller, the search,
+// composing a frame) is csrc/common/philox.h and dependency_noise.h, shared with the CPU.
 //
 // Fused generator: one launch per frame. Block (c, b) writes chunk c of batch item b's frame f
 // and reduces the sums over it that frame f + 1's search needs; the last block of b to finish
@@ -10,7 +10,7 @@
 // not depend on the order in which blocks run.
 //
 // Same bits as the CPU (fp32/fp16/bf16): the shared math rounds every operation on its own (no
-// fused multiply-adds, see mul_rn in csrc/philox.h), and the sums are taken in double, so they
+// fused multiply-adds, see mul_rn in csrc/common/philox.h), and the sums are taken in double, so they
 // round to the same float as the CPU's despite the different order; the searches then decide alike.
 //
 // Step op: a statistics kernel (per-chunk sums), a search kernel (one thread per batch item,
@@ -19,8 +19,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include "dependency_noise.h"
-#include "dependency_noise_cuda.h"
+#include "dependency_noise/dependency_noise.h"
+#include "dependency_noise/dependency_noise_cuda.h"
 
 namespace vidmem {
 namespace {

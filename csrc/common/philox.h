@@ -17,7 +17,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "vidmem_common.h"
+#include "common/macros.h"
 
 // Like VIDMEM_HD, but also forced inline on the host: the CPU kernels' vector loops call these
 // per element, and a call would stop the compiler from vectorising them.

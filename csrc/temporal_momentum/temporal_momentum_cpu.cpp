@@ -16,8 +16,8 @@
 
 #include <vector>
 
-#include "temporal_momentum.h"
-#include "temporal_momentum_host.h"
+#include "temporal_momentum/temporal_momentum.h"
+#include "temporal_momentum/temporal_momentum_host.h"
 
 namespace vidmem {
 namespace momentum {

@@ -1,7 +1,7 @@
 // CPU kernels of dependency noise (SEMANTICS.md section 2):
 //   dependency_noise_step   the deterministic core on given candidates (statistics pass, search, write pass);
 //   dependency_noise_fill_  the fused generator (one pass per frame, candidates never drawn).
-// The math is in csrc/dependency_noise.h and csrc/philox.h, shared with the CUDA kernels.
+// The math is in dependency_noise.h and csrc/common/philox.h, shared with the CUDA kernels.
 //
 // Results do not depend on the number of threads: every reduction runs over
 // chunks whose size depends only on the frame size, and the chunk sums are
@@ -16,8 +16,8 @@
 #include <cstdlib>
 #include <vector>
 
-#include "dependency_noise.h"
-#include "dependency_noise_checks.h"
+#include "dependency_noise/dependency_noise.h"
+#include "dependency_noise/dependency_noise_host.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define VIDMEM_NOISE_AVX2 1
@@ -107,7 +107,7 @@ __attribute__((target("avx2"))) VIDMEM_ALWAYS_INLINE void mulhilo8(__m256i a, __
   hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
-// The same Philox4x32-10 as philox4x32_10() in csrc/philox.h, eight counters per AVX2 register
+// The same Philox4x32-10 as philox4x32_10() in csrc/common/philox.h, eight counters per AVX2 register
 // (compilers vectorise the 32x32 -> 64-bit products of the portable loop poorly). Tested to give
 // the same words: the fused generator's frame 0 is compared with a Python Philox in the tests.
 // A plain call (not inlined): its callers are compiled for the baseline target.

@@ -1,13 +1,13 @@
 // Torch glue of the CUDA dependency-noise kernels: checks, device guard, stream, workspace, and
-// the plain launchers of csrc/cuda/dependency_noise.cu (declared in csrc/dependency_noise_cuda.h).
+// the plain launchers of dependency_noise.cu (declared in dependency_noise_cuda.h).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "dependency_noise_checks.h"
-#include "dependency_noise_cuda.h"
+#include "dependency_noise/dependency_noise_host.h"
+#include "dependency_noise/dependency_noise_cuda.h"
 
 namespace vidmem {
 namespace {

@@ -1,6 +1,6 @@
 // The CUDA ops of temporal momentum minus the torch-CUDA specifics: checks, output allocation,
 // the lane layout, the plan, the workspace and the launch. The glue
-// (csrc/cuda/temporal_momentum_glue.cpp) adds the device guard and the current stream; the
+// (csrc/temporal_momentum/temporal_momentum_glue.cpp) adds the device guard and the current stream; the
 // kernel emulation test (tests/cuda_emulation) runs the same code on CPU tensors.
 #pragma once
 
@@ -9,8 +9,8 @@
 #include <optional>
 #include <tuple>
 
-#include "temporal_momentum_cuda.h"
-#include "temporal_momentum_host.h"
+#include "temporal_momentum/temporal_momentum_cuda.h"
+#include "temporal_momentum/temporal_momentum_host.h"
 
 namespace vidmem {
 namespace momentum {

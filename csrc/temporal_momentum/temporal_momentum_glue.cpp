@@ -5,7 +5,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "temporal_momentum_cuda_ops.h"
+#include "temporal_momentum/temporal_momentum_cuda_ops.h"
 
 namespace vidmem {
 namespace momentum {

@@ -1,5 +1,5 @@
-// Launchers of the temporal momentum CUDA kernels (csrc/cuda/temporal_momentum.cu), called by
-// the torch glue (csrc/cuda/temporal_momentum_glue.cpp). Plain pointers, the Layout of
+// Launchers of the temporal momentum CUDA kernels (csrc/temporal_momentum/temporal_momentum.cu), called by
+// the torch glue (csrc/temporal_momentum/temporal_momentum_glue.cpp). Plain pointers, the Layout of
 // temporal_momentum.h, a dtype enum and a stream: no torch types.
 #pragma once
 
@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "temporal_momentum.h"
+#include "temporal_momentum/temporal_momentum.h"
 
 namespace vidmem {
 namespace momentum {

@@ -12,7 +12,7 @@
 #include <tuple>
 #include <vector>
 
-#include "temporal_momentum.h"
+#include "temporal_momentum/temporal_momentum.h"
 
 namespace vidmem {
 namespace momentum {

@@ -1,5 +1,5 @@
-// Launchers of the CUDA dependency-noise kernels (csrc/cuda/dependency_noise.cu), called by the
-// torch glue (csrc/cuda/dependency_noise_glue.cpp). Plain pointers and sizes only: no torch here.
+// Launchers of the CUDA dependency-noise kernels (csrc/dependency_noise/dependency_noise.cu), called by the
+// torch glue (csrc/dependency_noise/dependency_noise_glue.cpp). Plain pointers and sizes only: no torch here.
 #pragma once
 
 #include <cuda_runtime_api.h>
