@@ -13,8 +13,8 @@
 // fused multiply-adds, see mul_rn in csrc/common/philox.h), and the sums are taken in double, so they
 // round to the same float as the CPU's despite the different order; the searches then decide alike.
 //
-// Step op: a statistics kernel (per-chunk sums), a search kernel (one thread per batch item,
-// chunk sums in chunk order) and a write kernel.
+// Step op: a statistics kernel (per-chunk sums), a search kernel (one block per batch item: the
+// chunk sums added in a fixed-order tree, then the search) and a write kernel.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -313,26 +313,36 @@ __global__ void __launch_bounds__(kThreads) step_stats_kernel(const StepArgs<sca
   }
 }
 
+// One block per batch item. Each of the R + 1 statistics is the sum of up to kMaxChunks chunk
+// partials: thread t adds chunks t, t + kThreads, ... in order and block_sum adds the threads' sums
+// in a fixed tree, so the result does not depend on scheduling, and no thread walks
+// chunks x (R + 1) partials alone. The totals go to the chunk-0 slots (each read, by thread 0,
+// before its total is written); thread 0 then runs the search.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) step_search_kernel(const StepArgs<scalar_t> a) {
   using acc_t = typename Storage<scalar_t>::acc_t;
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (b >= a.batch) return;
+  __shared__ double scratch[kWarps];
   const int64_t stats = a.num_candidates + 1;
-  const double* sums = a.partials + b * a.chunks * stats;
   const double n = static_cast<double>(a.numel);
-  const auto mean_of = [&](int64_t slot) {  // chunk sums added in chunk order, in double
-    double total = 0.0;
-    for (int64_t c = 0; c < a.chunks; ++c) total = add_rn(total, sums[c * stats + slot]);
-    return static_cast<acc_t>(total / n);
-  };
-  const auto statistic = [&](int64_t k) { return mean_of(k + 1); };
-  const SearchResult<acc_t> found =
-      dependency_noise_search<acc_t>(mean_of(0), a.num_candidates, statistic, a.lambda, a.linear_search_times);
-  a.alpha[b] = found.alpha;
-  a.index[b] = found.index;
-  a.coefficients[2 * b] = sqrt(found.alpha);
-  a.coefficients[2 * b + 1] = sqrt(sub_rn(acc_t(1), found.alpha));
+  for (int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {  // block-uniform
+    double* sums = a.partials + b * a.chunks * stats;
+    for (int64_t slot = 0; slot < stats; ++slot) {
+      double part = 0.0;
+      for (int64_t c = threadIdx.x; c < a.chunks; c += kThreads) part = add_rn(part, sums[c * stats + slot]);
+      const double total = block_sum(part, scratch);
+      if (threadIdx.x == 0) sums[slot] = total;
+    }
+    if (threadIdx.x == 0) {
+      const auto mean_of = [&](int64_t slot) { return static_cast<acc_t>(sums[slot] / n); };
+      const auto statistic = [&](int64_t k) { return mean_of(k + 1); };
+      const SearchResult<acc_t> found =
+          dependency_noise_search<acc_t>(mean_of(0), a.num_candidates, statistic, a.lambda, a.linear_search_times);
+      a.alpha[b] = found.alpha;
+      a.index[b] = found.index;
+      a.coefficients[2 * b] = sqrt(found.alpha);
+      a.coefficients[2 * b + 1] = sqrt(sub_rn(acc_t(1), found.alpha));
+    }
+  }
 }
 
 template <typename scalar_t>
@@ -381,8 +391,7 @@ cudaError_t launch_step(const NoiseStepLaunch& args, cudaStream_t stream) {
   step_stats_kernel<scalar_t><<<stats_grid, kThreads, 0, stream>>>(a);
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return status;
-  step_search_kernel<scalar_t><<<static_cast<unsigned int>((a.batch + kThreads - 1) / kThreads), kThreads, 0,
-                                 stream>>>(a);
+  step_search_kernel<scalar_t><<<static_cast<unsigned int>(min_i64(a.batch, kMaxGridY)), kThreads, 0, stream>>>(a);
   status = cudaGetLastError();
   if (status != cudaSuccess) return status;
   const int64_t total = a.batch * a.numel;
