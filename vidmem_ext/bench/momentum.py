@@ -165,10 +165,10 @@ def measure(layout: Layout, dtype: torch.dtype, device: torch.device, *, quick: 
             }
         )
 
-    def timed(run):
+    def timed(run, n=repeats):
         if not cpu:
-            return median_time(run, device, repeats=repeats, warmup=2), None
-        return alternating(clone, run, repeats=repeats, warmup=1)
+            return median_time(run, device, repeats=n, warmup=2 if n > 5 else 1), None
+        return alternating(clone, run, repeats=n, warmup=1)
 
     expected = reference.temporal_momentum_loop(x, MOMENTUM, dim)
     tol = TOLERANCE[dtype]
@@ -198,11 +198,13 @@ def measure(layout: Layout, dtype: torch.dtype, device: torch.device, *, quick: 
         if not torch.allclose(got.float(), expected.float(), rtol=tol, atol=tol):
             add(impl, "fwd", note="skipped: result differs from the loop reference")  # never time a wrong result
             continue
+        # The references take thousands of launches (GPU) or seconds (CPU) on long sequences: fewer runs.
+        n = repeats if impl in ("vidmem_ext", "compiled loop") else min(repeats, 5)
         for mode, run in (
             ("fwd", lambda fn=fn: fn(x)),
             ("fwd+bwd", lambda fn=fn: torch.autograd.grad(fn(xg), xg, grad_y)),
         ):
-            seconds, ratio = timed(run)
+            seconds, ratio = timed(run, n)
             fresh = None
             if cpu and impl == "vidmem_ext":
                 with allocation_mode("fresh") as ok:
