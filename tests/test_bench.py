@@ -173,3 +173,15 @@ def test_markdown_marks_missing_values():
             "timing": "y"}  # fmt: skip
     md = report.markdown(meta, rows, ["goal line"])
     assert "| s | float32 | eager | - | 2.5 | n |" in md and "- goal line" in md
+
+
+def test_impls_and_budget_narrow_the_run(tiny, tmp_path):
+    out = tmp_path / "o"
+    argv = ["--device", "cpu", "--ops", "momentum", "--quick", "--dtypes", "fp32", "--no-progress"]
+    assert bench.main([*argv, "--impls", "vidmem_ext", "--out", str(out)]) == 0
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert rows and {r["impl"] for r in rows} == {"vidmem_ext"}
+    assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd", "fwd+bwd m tensor"}
+    assert bench.main([*argv, "--budget", "0", "--out", str(out)]) == 0
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert len(rows) == len(TINY_LAYOUTS) and all("past the --budget" in r["note"] for r in rows)
