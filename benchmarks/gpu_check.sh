@@ -27,8 +27,7 @@
 # Files under --out: check.log (build, info, launch-bounds build), tests.log, sanitizer.log,
 # bench.json, bench.md, bench.png, bench_launch_bounds.json, summary.txt. The summary is printed last.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-ROOT="$PWD"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
 CPU=0 OUT=gpu_check_out WHEELS="" BUILD=1
 while [ $# -gt 0 ]; do
@@ -42,7 +41,9 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
+mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"  # relative to where the script was started
+[ -n "$WHEELS" ] && WHEELS="$(cd "$WHEELS" && pwd)"
+cd "$ROOT"
 rm -f "$OUT"/{check.log,tests.log,sanitizer.log,bench.json,bench.md,bench.png,bench_launch_bounds.json,summary.txt}
 PY="${PYTHON:-python}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
