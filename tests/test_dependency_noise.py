@@ -500,15 +500,18 @@ def test_generator_bad_input(kwargs, error, match):
 
 def test_fill_op_checks_its_arguments_too():
     out = torch.empty(2, 3, 4)
-    for args, match in (
-        ((out, -1.0, 10, 15, 1, 0, 0), "lambda_i"),
-        ((out, 0.1, 0, 15, 1, 0, 0), "random_search_times"),
-        ((out, 0.1, 10, -1, 1, 0, 0), "linear_search_times"),
-        ((out, 0.1, 10, 15, 0, 0, 0), "frame_dim"),
-        ((torch.empty(4), 0.1, 10, 15, 1, 0, 0), "at least 2 dims"),
-        ((torch.empty(2, 3, dtype=torch.int64), 0.1, 10, 15, 1, 0, 0), "float16, bfloat16"),
+    big_r, big_l = vidmem_ext.noise.MAX_RANDOM_SEARCH_TIMES + 1, vidmem_ext.noise.MAX_LINEAR_SEARCH_TIMES + 1
+    for args, error, match in (
+        ((out, -1.0, 10, 15, 1, 0, 0), RuntimeError, "lambda_i"),
+        ((out, 0.1, 0, 15, 1, 0, 0), ValueError, "random_search_times"),
+        ((out, 0.1, big_r, 15, 1, 0, 0), ValueError, "random_search_times"),
+        ((out, 0.1, 10, -1, 1, 0, 0), ValueError, "linear_search_times"),
+        ((out, 0.1, 10, big_l, 1, 0, 0), ValueError, "linear_search_times"),
+        ((out, 0.1, 10, 15, 0, 0, 0), RuntimeError, "frame_dim"),
+        ((torch.empty(4), 0.1, 10, 15, 1, 0, 0), RuntimeError, "at least 2 dims"),
+        ((torch.empty(2, 3, dtype=torch.int64), 0.1, 10, 15, 1, 0, 0), RuntimeError, "float16, bfloat16"),
     ):
-        with pytest.raises(RuntimeError, match=match):
+        with pytest.raises(error, match=match):
             torch.ops.vidmem_ext.dependency_noise_fill_(*args)
 
 

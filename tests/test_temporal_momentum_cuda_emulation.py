@@ -166,3 +166,46 @@ def test_emulated_backward_with_grad_y_laid_out_unlike_x(emu):
     assert_close(gx, gx_ref, 2e-5)
     assert_close(gm.sum_to_size(m.shape), gm_ref, 1e-4)
     assert_close(gi, gi_ref, 2e-5)
+
+
+def _same_bits(a, b):
+    nan_a, nan_b = a.isnan(), b.isnan()
+    return torch.equal(nan_a, nan_b) and torch.equal(a.masked_fill(nan_a, 0), b.masked_fill(nan_b, 0))
+
+
+@pytest.mark.parametrize(
+    "shape,dim,layout,sms,kernel",
+    [
+        ((6, 4, 16), 0, "contiguous", 132, "lanes"),
+        ((300, 16), 0, "contiguous", 132, "lane_chunks"),
+        ((130, 3, 7), 0, "contiguous", 132, "lane_chunks"),
+        ((2, 5000), 1, "contiguous", 4, "frame_segments"),
+        ((3, 40, 5), 1, "frames_inner", 132, "frame_segments"),
+    ],
+)
+def test_emulated_momentum_zero_and_one_are_exact(emu, shape, dim, layout, sms, kernel):
+    # Lanes with momentum exactly 0 return x, exactly 1 frame 0, bit for bit, next to NaN and inf frames
+    # (docs/errors.md); their gradients are those of a copy. The scans of pairs and the chunk carries
+    # may build NaN for such lanes; ema_step / ema_reverse_step must discard it.
+    gen = torch.Generator().manual_seed(17)
+    x = make_x(shape, dim, torch.float32, layout, gen)
+    frames = shape[dim]
+    x.select(dim, frames // 2).fill_(float("nan"))
+    x.select(dim, frames - 1).fill_(float("inf"))
+    slice_shape = [s for d, s in enumerate(shape) if d != dim % len(shape)]
+    m = torch.tensor([0.0, 1.0, 0.5]).repeat(slice_shape[-1])[: slice_shape[-1]]
+    grad_y = torch.empty_like(x).copy_(torch.randn(shape, generator=gen))
+    grad_y.select(dim, max(frames // 3, 1) if frames > 1 else 0).fill_(float("inf"))
+    for momentum, m_tensor, m_value in ((m, m, 0.0), (0.0, None, 0.0), (1.0, None, 1.0)):
+        y, plan = emu.forward(x, m_tensor, m_value, dim, None, sms)
+        assert plan["kernel"] == kernel
+        lanes = torch.broadcast_to(torch.as_tensor(momentum), slice_shape).unsqueeze(dim % len(shape)).expand(shape)
+        first = x.narrow(dim, 0, 1).expand(shape)
+        assert _same_bits(y[lanes == 0], x[lanes == 0])
+        assert _same_bits(y[lanes == 1], first[lanes == 1])
+        gx, _, _, _ = emu.backward(grad_y, x, y, m_tensor, m_value, dim, None, False, sms)
+        assert _same_bits(gx[lanes == 0], grad_y[lanes == 0])
+        later = (lanes == 1) & (
+            torch.arange(frames).reshape([-1 if d == dim % len(shape) else 1 for d in range(len(shape))]) > 0
+        )
+        assert torch.equal(gx[later], torch.zeros_like(gx[later]))

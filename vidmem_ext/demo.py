@@ -250,7 +250,7 @@ def _run(args) -> int:
     from PIL import Image
 
     from . import _plot
-    from .cli import FRAMEPACK_LATENT, FRAMEPACK_TERMS, _parse_term, budget_table
+    from .token_budget import FRAMEPACK_LATENT, FRAMEPACK_TERMS, budget_table, parse_term
 
     start = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
@@ -317,7 +317,7 @@ def _run(args) -> int:
     steps.advance()
 
     latent_h, latent_w = (int(v) for v in FRAMEPACK_LATENT.split("x"))
-    table = budget_table([_parse_term(t) for t in FRAMEPACK_TERMS], latent_h, latent_w)
+    table = budget_table([parse_term(t) for t in FRAMEPACK_TERMS], latent_h, latent_w)
     steps.write("token budget of a FramePack-like history schedule:\n" + table)
     steps.advance()
     steps.close()

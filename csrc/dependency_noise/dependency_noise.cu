@@ -304,8 +304,7 @@ __global__ void __launch_bounds__(kThreads) step_stats_kernel(const StepArgs<sca
       const scalar_t* values = k < 0 ? prev : a.candidates + (k * a.batch + b) * a.numel;
       double sum = 0.0;
       for (int64_t e = first + threadIdx.x; e < end; e += kThreads) {
-        const acc_t product = mul_rn(exp_acc(Storage<scalar_t>::load(prev + e)), Storage<scalar_t>::load(values + e));
-        sum = add_rn(sum, static_cast<double>(product));
+        sum = add_rn(sum, weighted_term(Storage<scalar_t>::load(prev + e), Storage<scalar_t>::load(values + e)));
       }
       sum = block_sum(sum, scratch);
       if (threadIdx.x == 0) a.partials[(b * a.chunks + chunk_index) * stats + (k + 1)] = sum;
@@ -333,10 +332,10 @@ __global__ void __launch_bounds__(kThreads) step_search_kernel(const StepArgs<sc
       if (threadIdx.x == 0) sums[slot] = total;
     }
     if (threadIdx.x == 0) {
-      const auto mean_of = [&](int64_t slot) { return static_cast<acc_t>(sums[slot] / n); };
+      const auto mean_of = [&](int64_t slot) { return sums[slot] / n; };  // in double
       const auto statistic = [&](int64_t k) { return mean_of(k + 1); };
       const SearchResult<acc_t> found =
-          dependency_noise_search<acc_t>(mean_of(0), a.num_candidates, statistic, a.lambda, a.linear_search_times);
+          search_on_means<acc_t>(mean_of(0), a.num_candidates, statistic, a.lambda, a.linear_search_times);
       a.alpha[b] = found.alpha;
       a.index[b] = found.index;
       a.coefficients[2 * b] = sqrt(found.alpha);

@@ -12,6 +12,7 @@
 // and writes sqrt(a) p + sqrt(1 - a) n* (compose_conditioned).
 #pragma once
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 
@@ -43,6 +44,19 @@ VIDMEM_HD_INLINE float exp_acc(float x) {
 }
 
 VIDMEM_HD_INLINE double exp_acc(double x) { return std::exp(x); }  // libm / CUDA: equal to ~1e-16
+
+// One term w(p) v = exp(p) v of the step op's statistics, in double. fp64 rounds the product in
+// double as always. fp32 (and half types) take the float product where it is accurate (p inside
+// exp_acc's range and a finite product), so that CPU and GPU round alike; beyond, exp and the
+// product run in double: float's exp would clamp at 88 or overflow and silently pick other
+// candidates than fp64 would (docs/errors.md).
+VIDMEM_HD_INLINE double weighted_term(double p, double v) { return mul_rn(exp_acc(p), v); }
+
+VIDMEM_HD_INLINE double weighted_term(float p, float v) {
+  const float product = mul_rn(exp_acc(p), v);
+  if (p >= -87.0f && p <= 88.0f && std::fabs(product) <= FLT_MAX) return static_cast<double>(product);
+  return mul_rn(std::exp(static_cast<double>(p)), static_cast<double>(v));
+}
 
 // ----------------------------------------------------------------------------- the scalar search
 
@@ -90,6 +104,31 @@ VIDMEM_HD SearchResult<acc_t> dependency_noise_search(acc_t mean_wp, int64_t num
     }
   }
   return SearchResult<acc_t>{index, best, chosen};
+}
+
+// Whether a finite double statistic overflows the accumulation type (never for double).
+template <typename acc_t>
+VIDMEM_HD_INLINE bool overflows_acc(double value) {
+  return sizeof(acc_t) < sizeof(double) && std::fabs(value) > static_cast<double>(FLT_MAX) &&
+         std::fabs(value) <= DBL_MAX;
+}
+
+// The search on the statistics' double means: A = mean_wp, S_k = candidate_mean(k). In the
+// accumulation type as always, unless a float accumulation cannot hold them (prev above about
+// 84): then in double, so that fp32 chooses what fp64 chooses; alpha is rounded to float after.
+template <typename acc_t, typename MeanFn>
+VIDMEM_HD SearchResult<acc_t> search_on_means(double mean_wp, int64_t num_candidates, MeanFn candidate_mean,
+                                              acc_t lambda, int64_t linear_search_times) {
+  bool wide = overflows_acc<acc_t>(mean_wp);
+  for (int64_t k = 0; k < num_candidates && !wide; ++k) wide = overflows_acc<acc_t>(candidate_mean(k));
+  if (!wide) {
+    const auto narrow = [&](int64_t k) { return static_cast<acc_t>(candidate_mean(k)); };
+    return dependency_noise_search<acc_t>(static_cast<acc_t>(mean_wp), num_candidates, narrow, lambda,
+                                          linear_search_times);
+  }
+  const SearchResult<double> found = dependency_noise_search<double>(mean_wp, num_candidates, candidate_mean,
+                                                                     static_cast<double>(lambda), linear_search_times);
+  return SearchResult<acc_t>{found.index, static_cast<acc_t>(found.alpha), static_cast<acc_t>(found.statistic)};
 }
 
 // ----------------------------------------------------------------------------- composing the next frame
@@ -165,5 +204,10 @@ VIDMEM_HD_INLINE acc_t compose_plain(acc_t prev, acc_t candidate, acc_t sqrt_alp
 // item are one 32-bit counter word each.
 constexpr int64_t kMaxFrameNumel = int64_t(4) * (int64_t(1) << 32);
 constexpr int64_t kMaxBatch = int64_t(1) << 32;
+
+// Upper bounds of the search counts (vidmem_ext/noise.py holds the same numbers; docs/errors.md):
+// far above any sensible use, low enough that one call stays bounded in time.
+constexpr int64_t kMaxRandomSearchTimes = int64_t(1) << 20;
+constexpr int64_t kMaxLinearSearchTimes = int64_t(1) << 16;
 
 }  // namespace vidmem

@@ -385,13 +385,13 @@ void step_frames(const scalar_t* prev, const scalar_t* candidates, scalar_t* fra
       const scalar_t* p = prev + b * numel;
       for (int64_t e = e_begin; e < e_end; ++e) {
         const acc_t value = static_cast<acc_t>(p[e]);
-        sums[0] += static_cast<double>(exp_acc(value) * value);
+        sums[0] += weighted_term(value, value);
       }
       for (int64_t k = 0; k < num_candidates; ++k) {
         const scalar_t* n = candidates + k * candidate_stride + b * numel;
         double s = 0.0;
         for (int64_t e = e_begin; e < e_end; ++e) {
-          s += static_cast<double>(exp_acc(static_cast<acc_t>(p[e])) * static_cast<acc_t>(n[e]));
+          s += weighted_term(static_cast<acc_t>(p[e]), static_cast<acc_t>(n[e]));
         }
         sums[1 + k] = s;
       }
@@ -401,7 +401,7 @@ void step_frames(const scalar_t* prev, const scalar_t* candidates, scalar_t* fra
   // The search per batch item, on chunk sums added in chunk order.
   std::vector<acc_t> sqrt_alpha(static_cast<size_t>(batch)), sqrt_rest(static_cast<size_t>(batch));
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> statistic(static_cast<size_t>(num_candidates));
+    std::vector<double> statistic(static_cast<size_t>(num_candidates));
     for (int64_t b = begin; b < end; ++b) {
       const double* sums = partial.data() + b * chunks * stats;
       double total_wp = 0.0;
@@ -409,12 +409,12 @@ void step_frames(const scalar_t* prev, const scalar_t* candidates, scalar_t* fra
       for (int64_t k = 0; k < num_candidates; ++k) {
         double total = 0.0;
         for (int64_t c = 0; c < chunks; ++c) total += sums[c * stats + 1 + k];
-        statistic[static_cast<size_t>(k)] = static_cast<acc_t>(total / static_cast<double>(numel));
+        statistic[static_cast<size_t>(k)] = total / static_cast<double>(numel);
       }
-      const acc_t mean_wp = static_cast<acc_t>(total_wp / static_cast<double>(numel));
+      const double mean_wp = total_wp / static_cast<double>(numel);
       const auto candidate_statistic = [&](int64_t k) { return statistic[static_cast<size_t>(k)]; };
       const SearchResult<acc_t> found =
-          dependency_noise_search<acc_t>(mean_wp, num_candidates, candidate_statistic, lambda, linear_search_times);
+          search_on_means<acc_t>(mean_wp, num_candidates, candidate_statistic, lambda, linear_search_times);
       alpha_out[b] = found.alpha;
       index_out[b] = found.index;
       sqrt_alpha[static_cast<size_t>(b)] = std::sqrt(found.alpha);

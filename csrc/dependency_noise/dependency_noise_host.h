@@ -19,14 +19,16 @@ inline at::ScalarType noise_acc_dtype(at::ScalarType dtype) { return dtype == at
 
 inline void check_search_args(double lambda_i, int64_t linear_search_times) {
   TORCH_CHECK(std::isfinite(lambda_i) && lambda_i >= 0, "lambda_i must be a finite float >= 0, got ", lambda_i);
-  TORCH_CHECK(linear_search_times >= 0, "linear_search_times must be >= 0, got ", linear_search_times);
+  TORCH_CHECK_VALUE(0 <= linear_search_times && linear_search_times <= kMaxLinearSearchTimes,
+                    "linear_search_times must be in [0, ", kMaxLinearSearchTimes, "], got ", linear_search_times);
 }
 
 // Checks dependency_noise_fill_'s arguments; returns frame_dim in [1, out.dim()).
 inline int64_t check_fill_args(const at::Tensor& out, double lambda_i, int64_t random_search_times,
                                int64_t linear_search_times, int64_t frame_dim) {
   check_search_args(lambda_i, linear_search_times);
-  TORCH_CHECK(random_search_times >= 1, "random_search_times must be >= 1, got ", random_search_times);
+  TORCH_CHECK_VALUE(1 <= random_search_times && random_search_times <= kMaxRandomSearchTimes,
+                    "random_search_times must be in [1, ", kMaxRandomSearchTimes, "], got ", random_search_times);
   TORCH_CHECK(out.dim() >= 2, "out must have at least 2 dims (batch and frames), got shape ", out.sizes());
   TORCH_CHECK(-out.dim() <= frame_dim && frame_dim < out.dim() && frame_dim % out.dim() != 0,
               "frame_dim must index a non-batch axis of out (1..", out.dim() - 1, "), got ", frame_dim);

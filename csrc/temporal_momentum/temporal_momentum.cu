@@ -273,7 +273,7 @@ __global__ void __launch_bounds__(kThreads) forward_lanes_kernel(const ForwardPa
             if (f < t_end) {
               const acc_t xv = to_acc(xs[i].v[v]);
               const ScanPair<acc_t> step = (f == 0 && reset) ? ScanPair<acc_t>{acc_t(0), xv}
-                                                             : ScanPair<acc_t>{m[v], (acc_t(1) - m[v]) * xv};
+                                                             : ema_pair(m[v], acc_t(1) - m[v], xv);
               map = scan_combine(map, step);
             }
           }
@@ -425,7 +425,7 @@ __global__ void __launch_bounds__(kThreads, ROWS > 1 ? kBackwardChunkBlocksPerSm
             for (int v = 0; v < V; ++v) {
               state[v] = ema_reverse_step(m[v], state[v], to_acc(gys[i].v[v]));
               const bool unscaled = f == 0 && !has_init;  // y_0 = x_0
-              out.v[v] = from_acc<scalar_t>(unscaled ? state[v] : (acc_t(1) - m[v]) * state[v]);
+              out.v[v] = from_acc<scalar_t>(unscaled ? state[v] : ema_input_grad(m[v], acc_t(1) - m[v], state[v]));
               if (want_dm && (f >= 1 || has_init)) {
                 const acc_t prev = f >= 1 ? to_acc(yps[i].v[v]) : init[v];
                 dm[v] += state[v] * (prev - to_acc(xs[i].v[v]));
@@ -533,7 +533,7 @@ __global__ void __launch_bounds__(kThreads) forward_frames_kernel(const ForwardP
         if (f < t_end) {
           const acc_t xv = to_acc(cur.v[i]);
           const ScanPair<acc_t> step =
-              (f == 0 && reset) ? ScanPair<acc_t>{acc_t(0), xv} : ScanPair<acc_t>{m, one_minus_m * xv};
+              (f == 0 && reset) ? ScanPair<acc_t>{acc_t(0), xv} : ema_pair(m, one_minus_m, xv);
           map = scan_combine(map, step);
         }
       }
@@ -670,7 +670,7 @@ __global__ void __launch_bounds__(kThreads) backward_frames_kernel(const Backwar
           const int64_t f = f0 + i;
           if (f >= t_end) continue;  // past the chunk: not part of the scan
           a = ema_reverse_step(m, a, to_acc(cur.grad_y.v[i]));
-          out.v[i] = from_acc<scalar_t>((f == 0 && !has_init) ? a : one_minus_m * a);
+          out.v[i] = from_acc<scalar_t>((f == 0 && !has_init) ? a : ema_input_grad(m, one_minus_m, a));
           if (want_dm && (f >= 1 || has_init)) {
             const acc_t prev = f == 0 ? init : to_acc(i > 0 ? cur.y.v[i - 1] : cur.y_before);
             dm += a * (prev - to_acc(cur.x.v[i]));

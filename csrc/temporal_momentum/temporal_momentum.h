@@ -92,16 +92,28 @@ VIDMEM_HD int64_t inner_stride(const Layout& layout, int op) { return layout.str
 
 // ---------------------------------------------------------------------------- per-element math
 
+// Momentum exactly 0 or 1 is exact (docs/errors.md): m = 0 returns x and m = 1 returns the state
+// bit for bit, so a non-finite value elsewhere in the lane cannot leak in through 0 * inf = NaN.
+// m is constant along a lane, and every output (and every a_t) of a lane comes out of ema_step /
+// ema_reverse_step, so a NaN that a scan of pairs or a chunk carry builds for an m = 0 lane is
+// discarded there. For 0 < m < 1 non-finite values propagate forward as IEEE arithmetic says.
+
 // One forward step: the new state from the previous state and the frame.
 template <typename acc_t>
 VIDMEM_HD acc_t ema_step(acc_t m, acc_t one_minus_m, acc_t prev, acc_t x) {
-  return m * prev + one_minus_m * x;
+  return m == acc_t(0) ? x : (m == acc_t(1) ? prev : m * prev + one_minus_m * x);
 }
 
 // One backward step: a_t from a_{t+1} and dy_t.
 template <typename acc_t>
 VIDMEM_HD acc_t ema_reverse_step(acc_t m, acc_t next, acc_t grad_y) {
-  return grad_y + m * next;
+  return m == acc_t(0) ? grad_y : grad_y + m * next;
+}
+
+// dx_t = (1 - m) a_t; exactly 0 for m = 1 (y_t = y_0 does not depend on x_t), whatever a_t is.
+template <typename acc_t>
+VIDMEM_HD acc_t ema_input_grad(acc_t m, acc_t one_minus_m, acc_t a) {
+  return m == acc_t(1) ? acc_t(0) : one_minus_m * a;
 }
 
 // An affine map state -> decay * state + value. A run of steps composes into one such map,
@@ -111,6 +123,12 @@ struct ScanPair {
   acc_t decay;
   acc_t value;
 };
+
+// The map of one forward step (ema_step as a pair); for m = 1 the value is exactly 0, not 0 * x.
+template <typename acc_t>
+VIDMEM_HD ScanPair<acc_t> ema_pair(acc_t m, acc_t one_minus_m, acc_t x) {
+  return ScanPair<acc_t>{m, m == acc_t(1) ? acc_t(0) : one_minus_m * x};
+}
 
 template <typename acc_t>
 VIDMEM_HD ScanPair<acc_t> scan_identity() {

@@ -190,7 +190,7 @@ inline void backward_frame(const scalar_t* __restrict gy, scalar_t* __restrict g
   if (unscaled) {  // frame 0 without initial: y_0 = x_0
     for (int64_t j = 0; j < n; ++j) gx[j * gxs] = static_cast<scalar_t>(a[j]);
   } else {
-    for (int64_t j = 0; j < n; ++j) gx[j * gxs] = static_cast<scalar_t>((acc_t(1) - m[j]) * a[j]);
+    for (int64_t j = 0; j < n; ++j) gx[j * gxs] = static_cast<scalar_t>(ema_input_grad(m[j], acc_t(1) - m[j], a[j]));
   }
 }
 
