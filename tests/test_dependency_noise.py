@@ -611,9 +611,16 @@ def test_cuda_matches_cpu_with_seed(dtype, frame_dim):
         gpu, gpu_alphas = vidmem_ext.dependency_noise(
             shape, lambda_i, seed=99, frame_dim=frame_dim, dtype=dtype, device="cuda", return_alphas=True
         )
-        tolerance = 1e-4 if dtype in (torch.float32, torch.float64) else 2 * FRAME_ATOL[dtype]
-        assert (gpu.cpu().double() - cpu.double()).abs().max().item() <= tolerance
-        assert (gpu_alphas.cpu() - cpu_alphas).abs().max().item() <= 1e-5
+        if dtype == torch.float64:
+            # Not bitwise: the CPU and CUDA kernels add their double statistics in different orders
+            # (and libm and CUDA's exp/log/sin differ in the last bit), which moves the last bits.
+            assert (gpu.cpu() - cpu).abs().max().item() <= 1e-14
+            assert (gpu_alphas.cpu().double() - cpu_alphas.double()).abs().max().item() <= 1e-14
+        else:
+            # fp32 math rounded step by step on both (no FMA contraction; -ffp-contract=off on the CPU),
+            # statistics summed in double and rounded once: the same bits.
+            assert torch.equal(gpu.cpu(), cpu)
+            assert torch.equal(gpu_alphas.cpu(), cpu_alphas)
 
 
 @pytest.mark.cuda

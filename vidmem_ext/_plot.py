@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["line_chart", "heatmap", "image_rows", "stack", "colormap"]
+__all__ = ["line_chart", "heatmap", "bar_chart", "image_rows", "stack", "colormap"]
 
 SUPERSAMPLE = 2
 BACKGROUND = (255, 255, 255)
@@ -204,6 +204,48 @@ def heatmap(
         canvas.text((bar[2] + 5, y), _fmt(v), size=10, anchor="lm")
     if colorbar_label:
         canvas.text((bar[2] + 38, (bar[1] + bar[3]) / 2), colorbar_label, size=11, angle=90)
+    return canvas.finish()
+
+
+def bar_chart(
+    groups: Sequence[tuple[str, Sequence[tuple[str, float]]]],
+    *,
+    title: str,
+    xlabel: str,
+    reference: float | None = None,
+    width: int = 720,
+) -> Image.Image:
+    """Horizontal bars: one group per (label, [(series, value), ...]), one colour per series name,
+    a legend on top and an optional dashed reference line (e.g. 1.0 = as fast as a clone)."""
+    names = list(dict.fromkeys(name for _, bars in groups for name, _ in bars))
+    colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+    bar_h, gap, label_w = 9, 8, 250
+    legend_h = 18 * ((len(names) + 3) // 4)
+    top = 36 + legend_h
+    height = top + sum(len(bars) * bar_h + gap for _, bars in groups) + 44
+    values = [v for _, bars in groups for _, v in bars] + ([reference] if reference else [])
+    xmax = max(values + [1e-9]) * 1.08
+    if reference:  # a few huge ratios (tiny shapes, slow references) would squash the rest
+        xmax = min(xmax, 2.5 * reference)
+    box = (label_w, top, width - 20, height - 44)
+    canvas = _Canvas(width, height)
+    to_x, _ = _axes(canvas, box, (0, xmax), (0, 1), _nice_ticks(0, xmax), [], "", xlabel, "")
+    canvas.text((width / 2, 6), title, size=13, anchor="mt")
+    for i, name in enumerate(names):
+        x0, y0 = 20 + (i % 4) * ((width - 40) / 4), 30 + 18 * (i // 4)
+        canvas.rectangle((x0, y0 - 5, x0 + 14, y0 + 5), fill=colours[name])
+        canvas.text((x0 + 19, y0), name, size=11, anchor="lm")
+    y = top + gap / 2
+    for label, bars in groups:
+        canvas.text((label_w - 6, y + len(bars) * bar_h / 2), label, size=10, anchor="rm")
+        for name, value in bars:
+            canvas.rectangle((to_x(0), y, to_x(min(value, xmax)), y + bar_h - 1), fill=colours[name])
+            y += bar_h
+        y += gap
+    if reference:
+        x = to_x(reference)
+        for y0 in range(int(box[1]), int(box[3]), 8):
+            canvas.line([(x, y0), (x, min(y0 + 4, box[3]))], INK)
     return canvas.finish()
 
 

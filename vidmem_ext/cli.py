@@ -1,4 +1,4 @@
-"""Command line: `python -m vidmem_ext {info,budget,demo}`."""
+"""Command line: `python -m vidmem_ext {info,budget,demo,bench}`."""
 
 from __future__ import annotations
 
@@ -95,10 +95,17 @@ def main(argv=None) -> int:
     demo_parser = sub.add_parser("demo", help="pictures of what the library does, and a zero-shot video (see demo.py)")
     demo.add_arguments(demo_parser)
 
+    from . import bench  # light: its heavy imports happen when it runs
+
+    bench_parser = sub.add_parser("bench", help="time every op against its references and peers (see bench/)")
+    bench.add_arguments(bench_parser)
+
     args = parser.parse_args(argv)
     if args.command == "info":
         print("\n".join(info_lines()))
         return 0
+    if args.command == "bench":
+        return bench.run(args)
     if args.command == "demo":
         return demo.main(args, demo_parser)
     return _cmd_budget(args)

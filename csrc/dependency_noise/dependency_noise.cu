@@ -15,8 +15,8 @@
 // alike. Every kernel launches through launch_kernel (common/launch.h), so the emulator in
 // tests/cuda_emulation runs them.
 //
-// Step op: a statistics kernel (per-chunk sums), a search kernel (one thread per batch item,
-// chunk sums in chunk order) and a write kernel.
+// Step op: a statistics kernel (per-chunk sums), a search kernel (one block per batch item: the
+// chunk sums added in a fixed-order tree, then the search) and a write kernel.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -239,28 +239,38 @@ __global__ void __launch_bounds__(kThreads) step_stats_kernel(const StepParams p
   }
 }
 
+// One block per batch item. Each of the R + 1 statistics is the sum of the chunks' partials:
+// thread t adds chunks t, t + kThreads, ... in order and block_sum adds the threads' sums in a
+// fixed tree, so the result does not depend on scheduling and no thread walks chunks x (R + 1)
+// partials alone. Each total goes to its chunk-0 slot (only thread 0 reads that slot again); thread
+// 0 then runs the scalar search.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) step_search_kernel(const StepParams p) {
   using acc_t = acc_type<scalar_t>;
-  const double* const partials = static_cast<const double*>(p.workspace);
+  __shared__ double scratch[kWarps];
+  double* const partials = static_cast<double*>(p.workspace);
   acc_t* const coefficients = step_coefficients<acc_t>(p);
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (b >= p.batch) return;
   const int64_t stats = p.num_candidates + 1;
-  const double* sums = partials + b * p.chunks * stats;
   const double n = static_cast<double>(p.numel);
-  const auto mean_of = [&](int64_t slot) {  // chunk sums added in chunk order, in double
-    double total = 0.0;
-    for (int64_t c = 0; c < p.chunks; ++c) total = add_rn(total, sums[c * stats + slot]);
-    return total / n;
-  };
-  const auto statistic = [&](int64_t k) { return mean_of(k + 1); };
-  const SearchResult<acc_t> found = search_on_means<acc_t>(mean_of(0), p.num_candidates, statistic,
-                                                           static_cast<acc_t>(p.lambda), p.linear_search_times);
-  static_cast<acc_t*>(p.alpha)[b] = found.alpha;
-  p.index[b] = found.index;
-  coefficients[2 * b] = sqrt(found.alpha);
-  coefficients[2 * b + 1] = sqrt(sub_rn(acc_t(1), found.alpha));
+  for (int64_t b = blockIdx.x; b < p.batch; b += gridDim.x) {  // block-uniform loop
+    double* const sums = partials + b * p.chunks * stats;
+    for (int64_t slot = 0; slot < stats; ++slot) {
+      double part = 0.0;
+      for (int64_t c = threadIdx.x; c < p.chunks; c += kThreads) part = add_rn(part, sums[c * stats + slot]);
+      const double total = block_sum(part, scratch);
+      if (threadIdx.x == 0) sums[slot] = total;
+    }
+    if (threadIdx.x == 0) {
+      const auto mean_of = [&](int64_t slot) { return sums[slot] / n; };  // in double
+      const auto statistic = [&](int64_t k) { return mean_of(k + 1); };
+      const SearchResult<acc_t> found = search_on_means<acc_t>(mean_of(0), p.num_candidates, statistic,
+                                                               static_cast<acc_t>(p.lambda), p.linear_search_times);
+      static_cast<acc_t*>(p.alpha)[b] = found.alpha;
+      p.index[b] = found.index;
+      coefficients[2 * b] = sqrt(found.alpha);
+      coefficients[2 * b + 1] = sqrt(sub_rn(acc_t(1), found.alpha));
+    }
+  }
 }
 
 template <typename scalar_t>
@@ -286,7 +296,7 @@ cudaError_t launch_step(const StepParams& p, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
   const dim3 stats_grid(static_cast<unsigned int>(p.chunks), static_cast<unsigned int>(p.grid_y));
   VIDMEM_CUDA_TRY(launch_kernel(step_stats_kernel<scalar_t>, stats_grid, kThreads, stream, p));
-  const dim3 search_grid(static_cast<unsigned int>((p.batch + kThreads - 1) / kThreads));
+  const dim3 search_grid(static_cast<unsigned int>(min_i64(p.batch, int64_t(1) << 20)));
   VIDMEM_CUDA_TRY(launch_kernel(step_search_kernel<scalar_t>, search_grid, kThreads, stream, p));
   const int64_t total = p.batch * p.numel;
   if (total == 0) return cudaSuccess;

@@ -273,8 +273,9 @@ FrameSums fill_chunk_portable(const FillChunk<scalar_t, acc_t>& job) {
 }
 
 #if VIDMEM_NOISE_AVX2
-// The same code compiled for AVX2 (8 float lanes): chosen at run time when the CPU has it. The build
-// does not contract multiply-adds (ISO C++ mode), so both versions give the same bits.
+// The same code compiled for AVX2 (8 float lanes): chosen at run time when the CPU has it. setup.py
+// builds with -ffp-contract=off (g++ would otherwise fuse multiply-adds into FMAs on any target with
+// FMA), so both versions, and the CUDA kernels, give the same bits (tests/test_fp_contract.py).
 template <typename scalar_t, typename acc_t>
 __attribute__((target("avx2"))) FrameSums fill_chunk_avx2(const FillChunk<scalar_t, acc_t>& job) {
   return fill_chunk_body<true>(job);

@@ -132,8 +132,18 @@ __global__ void __launch_bounds__(kThreads) forward_lanes_kernel(const ForwardPa
   }
 }
 
+// The lane-chunks backward (ROWS > 1) needs 134 to 175 registers per thread without a bound: one
+// 256-thread block per SM. VIDMEM_MOMENTUM_BWD_LAUNCH_BOUNDS=1 (setup.py: VIDMEM_EXT_BWD_LAUNCH_BOUNDS=1)
+// asks ptxas for two blocks per SM (at most 128 registers); benchmarks/gpu_check.sh times both builds.
+#if defined(VIDMEM_MOMENTUM_BWD_LAUNCH_BOUNDS) && VIDMEM_MOMENTUM_BWD_LAUNCH_BOUNDS
+constexpr int kBackwardChunkBlocksPerSm = 2;
+#else
+constexpr int kBackwardChunkBlocksPerSm = 1;
+#endif
+
 template <typename scalar_t, int V, int ROWS, int L, bool kAggregate>
-__global__ void __launch_bounds__(kThreads) backward_lanes_kernel(const BackwardParams p) {
+__global__ void __launch_bounds__(kThreads, ROWS > 1 ? kBackwardChunkBlocksPerSm : 1)
+    backward_lanes_kernel(const BackwardParams p) {
   using acc_t = acc_type<scalar_t>;
   constexpr int COLS = kThreads / ROWS;
   constexpr int TILE = ROWS * L;
