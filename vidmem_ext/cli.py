@@ -1,4 +1,4 @@
-"""Command line: `python -m vidmem_ext {info,budget,demo}`."""
+"""Command line: `python -m vidmem_ext {info,budget,demo,train-demo-model}`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from . import demo
+from . import demo, demo_model
 from .token_budget import MemoryTerm, multi_term_memory_patchification, term_grid
 
 # FramePack's history at 480p (60x104 latent), oldest first: 16 frames at
@@ -122,12 +122,19 @@ def main(argv=None) -> int:
     demo_parser = sub.add_parser("demo", help="pictures of what the library does, and a zero-shot video (see demo.py)")
     demo.add_arguments(demo_parser)
 
+    train_parser = sub.add_parser(
+        "train-demo-model", help="train the demo's small text-to-image model from scratch (see demo_model.py)"
+    )
+    demo_model.add_arguments(train_parser)
+
     args = parser.parse_args(argv)
     if args.command == "info":
         print("\n".join(info_lines()))
         return 0
     if args.command == "demo":
         return demo.main(args, demo_parser)
+    if args.command == "train-demo-model":
+        return demo_model.main(args, train_parser)
     return _cmd_budget(args)
 
 
