@@ -71,6 +71,16 @@ def test_the_tokenizer_spells_each_prompt_word_as_one_token(shipped_pipe):
     assert len(ids) == 6 + 3  # start, six words, "background", end
 
 
+def test_the_tokenizer_files_for_older_transformers_agree_with_tokenizer_json(shipped_pipe):
+    # Older transformers load CLIPTokenizer from vocab.json + merges.txt only: they must give the same ids.
+    from transformers import CLIPTokenizer
+
+    folder = os.path.join(SHIPPED, "tokenizer")
+    from_bpe_files = CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"))
+    for prompt in [*QUALITY_PROMPTS, "a purple fox", ""]:
+        assert from_bpe_files(prompt).input_ids == shipped_pipe.tokenizer(prompt).input_ids, prompt
+
+
 # ----------------------------------------------------------------------------------------------- the shipped weights
 
 
@@ -176,6 +186,7 @@ def test_training_smoke_is_deterministic_and_saves_a_loadable_pipeline(tmp_path)
     assert torch.get_num_threads() == threads
     assert report["config"]["unet_steps"] == 3 and report["train_seconds"] > 0
     assert os.path.getsize(tmp_path / "a" / "loss_curve.png") > 1000
+    assert all((tmp_path / "a" / "tokenizer" / name).exists() for name in ("vocab.json", "merges.txt"))
     assert json.loads((tmp_path / "a" / "training.json").read_text())["vae_final_loss"] > 0
     pipes = [StableDiffusionPipeline.from_pretrained(str(tmp_path / k), local_files_only=True) for k in "abc"]
     a, b, c = (p.unet.state_dict() for p in pipes)

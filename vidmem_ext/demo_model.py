@@ -204,10 +204,8 @@ def detect(image, min_pixels: int = 8) -> Detection:
 # ----------------------------------------------------------------------------------------------- the model
 
 
-def _word_tokenizer(folder: str):
-    """A CLIP tokenizer whose BPE merges spell each prompt word as one token (bytes for anything else)."""
-    from transformers import CLIPTokenizer
-
+def _write_vocab_and_merges(folder: str) -> None:
+    """vocab.json and merges.txt of a byte-level BPE whose merges spell each prompt word as one token."""
     from .pipelines import _byte_level_alphabet
 
     alphabet = _byte_level_alphabet()
@@ -227,6 +225,13 @@ def _word_tokenizer(folder: str):
         json.dump({token: i for i, token in enumerate(vocab)}, f)
     with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+
+
+def _word_tokenizer(folder: str):
+    """A CLIP tokenizer whose vocabulary has each prompt word as one token (bytes for anything else)."""
+    from transformers import CLIPTokenizer
+
+    _write_vocab_and_merges(folder)
     tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=MAX_PROMPT_TOKENS)
     for word in PROMPT_WORDS:
         if len(tokenizer.tokenize(word)) != 1:  # a merge order problem would silently weaken the model
@@ -530,6 +535,8 @@ def train(out: str, config: TrainConfig | None = None, progress: bool = True) ->
 
         os.makedirs(out, exist_ok=True)
         pipe.save_pretrained(out, safe_serialization=True)
+        # Newer transformers save only tokenizer.json; the slow CLIPTokenizer of older ones needs these two
+        _write_vocab_and_merges(os.path.join(out, "tokenizer"))
         _loss_curve(vae_losses, unet_losses, os.path.join(out, "loss_curve.png"))
         report = {
             "config": dataclasses.asdict(config),
