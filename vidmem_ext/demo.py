@@ -233,10 +233,11 @@ def _sample_setting(pipe, args, prompts, dependency: bool, momentum: bool):
     from einops import rearrange
 
     from . import dependency_noise
-    from .pipelines import _latent_size, temporal_momentum_processors
+    from .pipelines import temporal_momentum_processors
 
     videos, frames = len(prompts), args.frames
-    latent_h, latent_w = _latent_size(pipe, None, None)
+    size = pipe.unet.config.sample_size  # the pipeline's default picture size, in latent pixels
+    latent_h, latent_w = (size, size) if isinstance(size, int) else size
     shape = (videos, frames, pipe.unet.config.in_channels, latent_h, latent_w)
     generator = torch.Generator().manual_seed(args.seed)
     if dependency:
