@@ -324,7 +324,7 @@ def _write_gif(path, prompts, settings_videos, scale, frame_ms=300) -> int:
     from . import _plot
 
     count = len(settings_videos[0][0])
-    columns = [name for name, _, _ in SETTINGS]
+    columns = ["independent noise", "dependency noise", "momentum only", "both (ZS2)"]  # SETTINGS, short
     tiles = [
         _plot.image_rows(
             [(prompt, [videos[p][i] for videos in settings_videos]) for p, prompt in enumerate(prompts)],
