@@ -153,6 +153,10 @@ setup(
     name="vidmem_ext",
     version=_read_version(),
     packages=find_packages(include=["vidmem_ext", "vidmem_ext.*"]),
+    # the demo's trained text-to-image pipeline (diffusers folder layout), found by an installed package
+    package_data={
+        "vidmem_ext": ["demo_model/*.json", "demo_model/*/*.json", "demo_model/*/*.txt", "demo_model/*/*.safetensors"]
+    },
     ext_modules=_extensions(),
     cmdclass={"build_ext": _build_ext()},
 )

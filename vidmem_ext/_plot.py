@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["line_chart", "heatmap", "bar_chart", "image_rows", "stack", "colormap"]
+__all__ = ["line_chart", "heatmap", "bar_chart", "image_rows", "table", "stack", "grid", "titled", "colormap"]
 
 SUPERSAMPLE = 2
 BACKGROUND = (255, 255, 255)
@@ -249,17 +249,33 @@ def bar_chart(
     return canvas.finish()
 
 
-def image_rows(rows: Sequence[tuple[str, Sequence[Image.Image]]], *, scale: int = 3, title: str = "") -> Image.Image:
-    """Rows of equally sized images (nearest-neighbour upscaled), each row labelled above it."""
+def image_rows(
+    rows: Sequence[tuple[str, Sequence[Image.Image]]],
+    *,
+    scale: int = 3,
+    title: str = "",
+    column_labels: Sequence[str] = (),
+) -> Image.Image:
+    """Rows of equally sized images (nearest-neighbour upscaled), each row labelled above it.
+
+    column_labels, if given, head the columns (wrapped onto two lines when they are wider than a tile).
+    """
     tile_w, tile_h = (d * scale for d in rows[0][1][0].size)
     cols = max(len(images) for _, images in rows)
     gap, label_h, title_h = 4, 20, 26 if title else 0
+    header_h = 30 if column_labels else 0
     width = 10 + cols * (tile_w + gap) + 6
-    height = title_h + len(rows) * (label_h + tile_h + gap) + 6
+    height = title_h + header_h + len(rows) * (label_h + tile_h + gap) + 6
     canvas = _Canvas(width, height)
     if title:
         canvas.text((width / 2, 8), title, size=13, anchor="mt")
     y = title_h
+    for i, label in enumerate(column_labels):
+        words = label.split()
+        lines = [" ".join(words[: (len(words) + 1) // 2]), " ".join(words[(len(words) + 1) // 2 :])]
+        for j, line in enumerate(lines):
+            canvas.text((10 + i * (tile_w + gap) + tile_w / 2, y + 2 + 13 * j), line, size=11, anchor="mt")
+    y += header_h
     for label, images in rows:
         canvas.text((10, y + 4), label, size=12)
         y += label_h
@@ -267,6 +283,30 @@ def image_rows(rows: Sequence[tuple[str, Sequence[Image.Image]]], *, scale: int 
             x = 10 + i * (tile_w + gap)
             canvas.paste(image.convert("RGB"), (x, y, x + tile_w, y + tile_h))
         y += tile_h + gap
+    return canvas.finish()
+
+
+def table(rows: Sequence[Sequence[str]], *, title: str = "", size: int = 12) -> Image.Image:
+    """A text table: the first row is the header; the first column left-aligned, the others right-aligned."""
+    font = _font(size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_width = lambda text: measure.textlength(text, font=font) / SUPERSAMPLE  # noqa: E731
+    widths = [max(text_width(row[c]) for row in rows) for c in range(len(rows[0]))]
+    pad, line_h, title_h = 14, size + 10, size + 16 if title else 0
+    width = round(sum(widths) + pad * (len(widths) - 1) + 20)
+    height = round(title_h + line_h * len(rows) + 16)
+    canvas = _Canvas(width, max(height, 1))
+    if title:
+        canvas.text((10, 6), title, size=size + 1)
+    y = title_h + 6
+    for r, row in enumerate(rows):
+        x = 10
+        for c, (cell, w) in enumerate(zip(row, widths)):
+            canvas.text((x if c == 0 else x + w, y), cell, size=size, anchor="la" if c == 0 else "ra")
+            x += w + pad
+        if r == 0:
+            canvas.line([(10, y + line_h - 4), (width - 10, y + line_h - 4)], INK)
+        y += line_h
     return canvas.finish()
 
 
@@ -282,3 +322,16 @@ def stack(images: Sequence[Image.Image], *, vertical: bool = False, gap: int = 1
         out.paste(image, (0, offset) if vertical else (offset, 0))
         offset += (image.height if vertical else image.width) + gap
     return out
+
+
+def grid(images: Sequence[Image.Image], *, columns: int, gap: int = 10) -> Image.Image:
+    """Images in rows of `columns`, top/left aligned on white."""
+    rows = [stack(images[i : i + columns], gap=gap) for i in range(0, len(images), columns)]
+    return stack(rows, vertical=True, gap=gap)
+
+
+def titled(image: Image.Image, title: str, size: int = 14) -> Image.Image:
+    """`image` with a centred title line above it."""
+    header = _Canvas(image.width, size + 14)
+    header.text((image.width / 2, 6), title, size=size, anchor="mt")
+    return stack([header.finish(), image], vertical=True, gap=0)

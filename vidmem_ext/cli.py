@@ -1,4 +1,4 @@
-"""Command line: `python -m vidmem_ext {info,budget,demo,bench}`."""
+"""Command line: `python -m vidmem_ext {info,budget,demo,train-demo-model,bench}`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from . import demo
+from . import demo, demo_model
 from .token_budget import (
     FRAMEPACK_LATENT,
     FRAMEPACK_TERMS,
@@ -95,6 +95,11 @@ def main(argv=None) -> int:
     demo_parser = sub.add_parser("demo", help="pictures of what the library does, and a zero-shot video (see demo.py)")
     demo.add_arguments(demo_parser)
 
+    train_parser = sub.add_parser(
+        "train-demo-model", help="train the demo's small text-to-image model from scratch (see demo_model.py)"
+    )
+    demo_model.add_arguments(train_parser)
+
     from . import bench  # light: its heavy imports happen when it runs
 
     bench_parser = sub.add_parser("bench", help="time every op against its references and peers (see bench/)")
@@ -108,6 +113,8 @@ def main(argv=None) -> int:
         return bench.run(args)
     if args.command == "demo":
         return demo.main(args, demo_parser)
+    if args.command == "train-demo-model":
+        return demo_model.main(args, train_parser)
     return _cmd_budget(args)
 
 
