@@ -14,6 +14,70 @@ from setuptools import find_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
+# ---- compile flags (issue 16): one place; tests/test_fp_contract.py reads CXX_FLAGS from here.
+# -ffp-contract=off: the shared Philox/Box-Muller math rounds every multiply and add on its own (the CUDA
+# side uses __fmul_rn/__fadd_rn); without it g++ fuses them into FMAs wherever the target has FMA
+# (aarch64, -march=native, -mfma), and seed= noise would differ between CPU and GPU.
+CXX_FLAGS = ["-O3", "-ffp-contract=off"]
+NVCC_FLAGS = ["-O3", "-lineinfo"]
+# VIDMEM_EXT_BWD_LAUNCH_BOUNDS=1 builds the momentum backward lane-chunks kernels with __launch_bounds__
+# limiting their registers (two blocks per SM); benchmarks/gpu_check.sh times both builds.
+if os.environ.get("VIDMEM_EXT_BWD_LAUNCH_BOUNDS", "").strip() == "1":
+    NVCC_FLAGS.append("-DVIDMEM_MOMENTUM_BWD_LAUNCH_BOUNDS=1")
+# ---- end compile flags
+
+
+# ---- CUDA toolkit root (issue 16)
+def _cuda_root_candidates():
+    """(root, how it was found) in order: CUDA_HOME / CUDA_PATH; nvcc's own report of its location
+    (`nvcc -v --dryrun` prints TOP=<toolkit>/bin/..: right even when the nvcc on the PATH is a wrapper
+    script outside the toolkit, where torch would guess the root from the wrapper's path); the
+    conventional /usr/local/cuda link."""
+    import shutil
+    import subprocess
+
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            yield os.environ[var], f"${var}"
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        try:
+            report = subprocess.run(
+                [nvcc, "-v", "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            for line in (report.stdout + report.stderr).splitlines():
+                if line.startswith("#$ TOP="):
+                    yield os.path.realpath(line.split("=", 1)[1].strip()), f"the report of {nvcc} (nvcc -v --dryrun)"
+        except (OSError, subprocess.SubprocessError):
+            pass
+        yield os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), f"the location of {nvcc}"
+    yield "/usr/local/cuda", "the conventional /usr/local/cuda link"
+
+
+def _has_cuda_headers(root):
+    return os.path.exists(os.path.join(root, "include", "cuda_runtime.h")) or bool(
+        glob.glob(os.path.join(root, "targets", "*", "include", "cuda_runtime.h"))
+    )
+
+
+def _set_cuda_home():
+    """Point CUDA_HOME (read by torch.utils.cpp_extension when first imported) at a real toolkit root."""
+    if os.environ.get("VIDMEM_EXT_CUDA", "").strip() == "0":
+        return
+    for root, how in _cuda_root_candidates():
+        if _has_cuda_headers(root) and os.path.exists(os.path.join(root, "bin", "nvcc")):
+            os.environ["CUDA_HOME"] = root
+            print(f"vidmem_ext: CUDA toolkit {root} (from {how})")
+            return
+    print("vidmem_ext: no CUDA toolkit found (no nvcc with cuda_runtime.h beside it)")
+
+
+_set_cuda_home()
+# ---- end CUDA toolkit root
+
 
 def _read_version():
     with open(os.path.join(ROOT, "vidmem_ext", "_version.py")) as f:
@@ -46,8 +110,7 @@ def _extensions():
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))  # noqa: E731
     sources = rel("csrc/*.cpp") + rel("csrc/*/*_cpu.cpp")
     include_dirs = [os.path.join(ROOT, "csrc")]
-    # No fused multiply-add contraction: the recurrence is rounded step by step on every path.
-    cxx_flags = ["-O3", "-ffp-contract=off"]
+    cxx_flags = list(CXX_FLAGS)
     link_flags = []
     if sys.platform.startswith("linux"):
         # at::parallel_for is header code: without OpenMP enabled here it runs on one thread. At run
@@ -74,7 +137,7 @@ def _extensions():
             "vidmem_ext._C",
             sources,
             include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx_flags + define, "nvcc": ["-O3", "-lineinfo"] + define},
+            extra_compile_args={"cxx": cxx_flags + define, "nvcc": NVCC_FLAGS + define},
             extra_link_args=link_flags,
         )
     ]
@@ -90,6 +153,10 @@ setup(
     name="vidmem_ext",
     version=_read_version(),
     packages=find_packages(include=["vidmem_ext", "vidmem_ext.*"]),
+    # the demo's trained text-to-image pipeline (diffusers folder layout), found by an installed package
+    package_data={
+        "vidmem_ext": ["demo_model/*.json", "demo_model/*/*.json", "demo_model/*/*.txt", "demo_model/*/*.safetensors"]
+    },
     ext_modules=_extensions(),
     cmdclass={"build_ext": _build_ext()},
 )

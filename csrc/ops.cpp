@@ -26,7 +26,7 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(vidmem_ext, m) {
-  // Temporal momentum (SEMANTICS.md section 1). `momentum` (a tensor that
+  // Temporal momentum (docs/semantics.md, "Temporal momentum"). `momentum` (a tensor that
   // broadcasts to one frame slice) overrides `momentum_value` when given.
   m.def("temporal_momentum(Tensor x, Tensor? momentum, float momentum_value, int dim, Tensor? initial) -> Tensor");
   // Returns (grad_x, grad_momentum, grad_initial). grad_momentum is the
@@ -37,7 +37,7 @@ TORCH_LIBRARY(vidmem_ext, m) {
       "temporal_momentum_backward(Tensor grad_y, Tensor x, Tensor y, Tensor? momentum, float momentum_value, "
       "int dim, Tensor? initial, bool momentum_grad) -> (Tensor, Tensor, Tensor)");
 
-  // Dependency noise (SEMANTICS.md section 2).
+  // Dependency noise (docs/semantics.md, "Dependency noise").
   // One step on given candidates: prev (B, ...), candidates (R, B, ...) ->
   // (frame (B, ...), alpha (B,), index (B,) int64).
   m.def("dependency_noise_step(Tensor prev, Tensor candidates, float lambda_i, int linear_search_times) "

@@ -175,6 +175,41 @@ def _error_cases(rank, world, group):
             lambda: vdist.temporal_momentum(mixed_dtype, 0.9, 0, group),
         )
     )
+    # Disagreements that change the payload's size: before the header had its own collective, gloo
+    # aborted the process (SIGABRT) on these. Now every rank raises the same ValueError.
+    fp64_vs_fp32 = x.float() if rank == 0 else x
+    records.append(
+        _error_case(
+            rank,
+            group,
+            "fp32 on rank 0, fp64 elsewhere",
+            ValueError,
+            "rank 0: torch.float32, rank 1: torch.float64",
+            lambda: vdist.temporal_momentum(fp64_vs_fp32, 0.9, 0, group),
+        )
+    )
+    other_numel = torch.randn(3, 4, 5 + rank, dtype=torch.float64)
+    records.append(
+        _error_case(
+            rank,
+            group,
+            "frame slices of different sizes",
+            ValueError,
+            "rank 0: (4, 5), rank 1: (4, 6)",
+            lambda: vdist.temporal_momentum(other_numel, 0.9, 0, group),
+        )
+    )
+    m_kind = torch.full((6,), 0.9, dtype=torch.float64) if rank == world - 1 else 0.9
+    records.append(
+        _error_case(
+            rank,
+            group,
+            "float momentum on some ranks, a tensor on another",
+            ValueError,
+            f"rank {world - 1}: a tensor",
+            lambda: vdist.temporal_momentum(x, m_kind, 0, group),
+        )
+    )
     x_grad = x.clone().requires_grad_(rank == 0)
     records.append(
         _error_case(
@@ -200,7 +235,8 @@ def _bytes_cases(rank, world, group):
             vdist.temporal_momentum(x, 0.9, 0, group).sum().backward()
         seen.append([(e["direction"], e["sent_bytes"], e["gathered_bytes"]) for e in log])
     expected = [
-        ("forward", vdist.HEADER_BYTES + 2 * slice_numel * 8, world * (vdist.HEADER_BYTES + 2 * slice_numel * 8)),
+        ("header", vdist.HEADER_BYTES, world * vdist.HEADER_BYTES),
+        ("forward", 2 * slice_numel * 8, world * 2 * slice_numel * 8),
         ("backward", slice_numel * 8, world * slice_numel * 8),
     ]
     ok = all(s == expected for s in seen)
@@ -210,7 +246,7 @@ def _bytes_cases(rank, world, group):
     with torch.no_grad(), vdist.record_communication() as log:
         vdist.temporal_momentum(x, 0.9, 0, group)
     got = [(e["direction"], e["sent_bytes"]) for e in log]
-    expected = [("forward", vdist.HEADER_BYTES + 2 * slice_numel * 4)]  # half types carry fp32 states
+    expected = [("header", vdist.HEADER_BYTES), ("forward", 2 * slice_numel * 4)]  # half types carry fp32 states
     records.append({"kind": "bytes", "case": "fp16, no grad", "ok": got == expected, "detail": f"{got} vs {expected}"})
     return records
 
@@ -243,6 +279,28 @@ def _other_cases(rank, world, group):
     err = _max_err(y, vidmem_ext.temporal_momentum(x, 0.8, 0).narrow(0, start, length))
     ok = err < 1e-12 and torch.equal(x_local, before) and not y.requires_grad
     records.append({"kind": "match", "case": "no grad", "ok": ok, "detail": f"err={err}"})
+    return records
+
+
+def _exact_edges_cases(rank, world, group):
+    """Momentum exactly 0 or 1 is exact across ranks too: inf and NaN in frames that a lane ignores stay out."""
+    frames = 3 * world
+    x = torch.randn(frames, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    x[1, :, 0] = float("inf")  # a later frame: m = 1 lanes ignore it
+    x[2, 0, :] = float("nan")
+    momentum = torch.tensor([0.0, 0.7, 1.0], dtype=torch.float64)
+    start, length = 3 * rank, 3
+    records = []
+    for m in (0.0, 1.0, momentum):
+        y = vdist.temporal_momentum(x.narrow(0, start, length), m, 0, group)
+        want = vidmem_ext.temporal_momentum(x, m, 0).narrow(0, start, length)
+        if isinstance(m, torch.Tensor):  # the 0 and 1 lanes; 0.7 only agrees to rounding (another fold order)
+            y, want = y[..., ::2], want[..., ::2]
+        exact = torch.equal(y.isnan(), want.isnan()) and torch.equal(
+            y.nan_to_num(0.0, posinf=1e300), want.nan_to_num(0.0, posinf=1e300)
+        )
+        name = f"momentum {m.tolist() if isinstance(m, torch.Tensor) else m}"
+        records.append({"kind": "match", "case": f"exact edges, {name}", "ok": exact, "detail": f"{y} vs {want}"})
     return records
 
 
@@ -294,6 +352,7 @@ def _worker(rank: int, world: int, store_path: str, out_dir: str):
         run(_error_cases, rank, world, None)
         run(_bytes_cases, rank, world, None)
         run(_other_cases, rank, world, None)
+        run(_exact_edges_cases, rank, world, None)
         if world >= 3:
             run(_subgroup_cases, rank, world)
     finally:
@@ -363,13 +422,14 @@ def _check(results, kinds, minimum):
 
 def test_forward_and_gradients_match_single_process(group_results):
     world, results = group_results
-    # every split x every variant on every rank, plus fp32/fp16/momentum-only/no-grad (+ subgroup for world 3)
-    _check(results, {"match", "crash"}, world * (len(SPLITS[world]) * len(VARIANTS) + 4))
+    # every split x every variant on every rank, plus fp32/fp16/momentum-only/no-grad, 3 exact-edge cases
+    # (+ subgroup for world 3)
+    _check(results, {"match", "crash"}, world * (len(SPLITS[world]) * len(VARIANTS) + 7))
 
 
 def test_inconsistent_arguments_raise_the_same_error_on_every_rank(group_results):
     world, results = group_results
-    _check(results, {"error"}, world * 5)
+    _check(results, {"error"}, world * 8)
 
 
 def test_communication_is_one_gather_each_way_independent_of_frames(group_results):

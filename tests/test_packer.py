@@ -600,3 +600,214 @@ def test_init_from_framepack_patch_embedding_matches_pooled_embedding():
         pooled = [embed.proj(F.avg_pool3d(x, (s, s, s))).flatten(2).transpose(1, 2) for x, s in ((old, 4), (middle, 2))]
         expected = torch.cat([*pooled, embed(recent)[0]], 1)
     assert_close_to(tokens, expected, torch.float64)
+
+
+# --------------------------------------------------------------------------- framepack_compatible and pooled_rope
+
+# FramePack's default history: 16 frames at 4x, 2 at 2x, 1 at 1x (oldest first, patch size 2); fewer
+# frames where a test only needs the shapes.
+FRAMEPACK_TERMS = [term(16, 4, 4, 2), term(2, 2, 2, 2), term(1, 1, 1, 2)]
+SMALL_FRAMEPACK_TERMS = [term(5, 4, 4, 2), term(3, 2, 2, 2), term(2, 1, 1, 2)]  # 5 -> 8 and 3 -> 4 frames padded
+
+
+def framepack_tokens_from_description(packer, history):
+    """FramePack's history embedding written out: the 1x term's Conv3d on the unpadded latent (floors);
+    the 2x and 4x terms replicate-padded at the end to whole kernels, then their Conv3d."""
+    pieces, first = [], 0
+    for t, proj in zip(packer.terms, packer.projections):
+        frames = history[:, :, first : first + t.num_latent_frames]
+        first += t.num_latent_frames
+        kernel = tuple(proj.kernel_size)
+        if kernel[0] != 1 or t.spatial_stride != 1:
+            pads = [(-n) % k for n, k in zip(frames.shape[2:], kernel)]
+            frames = F.pad(frames, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
+        out = F.conv3d(frames, proj.weight, proj.bias, stride=kernel)  # no padding: floors what is left over
+        pieces.append(out.flatten(2).transpose(1, 2))
+    return torch.cat(pieces, dim=1)
+
+
+@pytest.mark.parametrize("size", [(60, 104), (35, 45), (21, 19), (9, 13), (2, 3)])
+def test_framepack_compatible_tokens_equal_framepack_on_every_size(size):
+    h, w = size
+    packer = MultiTermMemoryPacker(SMALL_FRAMEPACK_TERMS, 3, 8, framepack_compatible=True, dtype=torch.float64)
+    history = torch.randn(2, 3, 10, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(h * w))
+    with torch.no_grad():
+        tokens, positions = packer(history)
+        expected = framepack_tokens_from_description(packer, history)
+    assert packer.token_counts(h, w)[2] == 2 * (h // 2) * (w // 2)  # the 1x term floors
+    assert sum(packer.token_counts(h, w)) == tokens.shape[1] == positions.shape[0]
+    assert_close_to(tokens, expected, torch.float64)
+    default = MultiTermMemoryPacker(SMALL_FRAMEPACK_TERMS, 3, 8, dtype=torch.float64)
+    assert default.token_counts(h, w)[:2] == packer.token_counts(h, w)[:2]  # coarser terms pad either way
+
+
+def test_framepack_compatible_counts_at_35x45():
+    fp = MultiTermMemoryPacker(FRAMEPACK_TERMS, 16, 8, framepack_compatible=True)
+    default = MultiTermMemoryPacker(FRAMEPACK_TERMS, 16, 8)
+    assert fp.token_counts(35, 45) == [4 * 5 * 6, 9 * 12, 17 * 22] and sum(fp.token_counts(35, 45)) == 602
+    assert (
+        sum(default.token_counts(35, 45))
+        == 642
+        == multi_term_memory_patchification(FRAMEPACK_TERMS, 35, 45)["total_tokens"]
+    )
+    assert fp.token_counts(60, 104) == default.token_counts(60, 104)  # even sizes: no difference
+    assert fp.positions(35, 45).shape == (602, 3)
+    assert "framepack_compatible=True" in repr(fp) and "framepack_compatible" not in repr(default)
+    with pytest.raises(TypeError, match="framepack_compatible must be a bool"):
+        MultiTermMemoryPacker(FRAMEPACK_TERMS, 16, 8, framepack_compatible="yes")
+
+
+def test_framepack_compatible_matches_diffusers_on_odd_sizes():
+    """diffusers' FramePack embedding, which floors its 1x term, equals the option on an odd latent."""
+    embed = framepack_history_embed(16).to(torch.float64)
+    packer = framepack_packer(embed, 4, 2, 2, torch.float64)
+    fp = MultiTermMemoryPacker(packer.terms, 16, 16, framepack_compatible=True, dtype=torch.float64)
+    fp.load_state_dict(packer.state_dict())
+    history = torch.randn(1, 16, 8, 21, 19, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    old, middle, recent = history.split([4, 2, 2], dim=2)
+    with torch.no_grad():
+        clean, clean_2x, clean_4x = embed(recent, middle, old)
+        tokens, _ = fp(history)
+    assert_close_to(tokens, torch.cat([clean_4x, clean_2x, clean], 1), torch.float64)
+
+
+def framepack_style_rope(theta=256.0, dims=(4, 6, 6)):
+    """Per-position rotary features as FramePack's HunyuanVideo RoPE computes them: for each axis
+    (frame, row, column) and each of its dim/2 frequencies 1/theta^(2i/dim), cos and sin of
+    frequency * coordinate, each repeated twice; laid out [cos t, cos y, cos x, sin t, sin y, sin x]."""
+
+    def features(frame, row, col):
+        cos, sin = [], []
+        for coordinate, dim in zip((frame, row, col), dims):
+            freqs = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+            angles = (coordinate[..., None].double() * freqs).repeat_interleave(2, dim=-1)
+            cos.append(angles.cos())
+            sin.append(angles.sin())
+        return torch.cat(cos + sin, dim=-1)
+
+    return features
+
+
+def pooled_rope_from_description(terms, h, w, features, frame_indices):
+    """Token by token: the window's positions on the 1x patch grid (rows h // p, columns w // p), each
+    coordinate replicate-padded (clamped to the term's last frame and the grid's last row and column),
+    and the mean of the features (cos and sin) over them."""
+    p = terms[0]["patch_size"]
+    rows, cols = h // p, w // p
+    out, first = [], 0
+    for t in terms:
+        n, kt, s = t["num_latent_frames"], t["temporal_stride"], t["spatial_stride"]
+        term_frames = frame_indices[first : first + n]
+        first += n
+        grid = MultiTermMemoryPacker([t], 1, 1, framepack_compatible=True).token_counts(h, w)[0]
+        gt = -(-n // kt)
+        gh = h // p if (kt, s) == (1, 1) else -(-h // (s * p))
+        gw = w // p if (kt, s) == (1, 1) else -(-w // (s * p))
+        assert gt * gh * gw == grid
+        for ti, i, j in itertools.product(range(gt), range(gh), range(gw)):
+            fs = torch.tensor([term_frames[min(ti * kt + a, n - 1)] for a in range(kt)], dtype=torch.float64)
+            ys = torch.tensor([min(i * s + b, rows - 1) for b in range(s)], dtype=torch.float64)
+            xs = torch.tensor([min(j * s + c, cols - 1) for c in range(s)], dtype=torch.float64)
+            window = features(*torch.meshgrid(fs, ys, xs, indexing="ij"))
+            out.append(window.reshape(-1, window.shape[-1]).mean(0))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("size", [(60, 104), (35, 45), (21, 19), (9, 13)])
+def test_pooled_rope_equals_framepack_description(size):
+    h, w = size
+    terms = FRAMEPACK_TERMS if size == (60, 104) else SMALL_FRAMEPACK_TERMS
+    packer = MultiTermMemoryPacker(terms, 4, 8, framepack_compatible=True)
+    frames = packer.num_frames
+    # FramePack's indices are not contiguous: e.g. the 1x frames sit after a gap
+    frame_indices = [*range(1, frames - 1), frames + 5, frames + 9][:frames]
+    rope = framepack_style_rope()
+    got = packer.pooled_rope(rope, h, w, frame_indices=frame_indices)
+    expected = pooled_rope_from_description(terms, h, w, rope, frame_indices)
+    assert got.dtype == torch.float64 and got.shape == (sum(packer.token_counts(h, w)), 32)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+    # the same from the tensor of per-position features
+    axes = [torch.tensor(frame_indices), torch.arange(h // 2), torch.arange(w // 2)]
+    grid = rope(*torch.meshgrid(*(a.double() for a in axes), indexing="ij"))
+    torch.testing.assert_close(packer.pooled_rope(grid, h, w), expected, atol=1e-12, rtol=0)
+    cos, sin = packer.pooled_rope((grid[..., :16], grid[..., 16:]), h, w)
+    assert torch.equal(torch.cat([cos, sin], -1), packer.pooled_rope(grid, h, w))
+
+
+def test_pooled_rope_differs_from_rope_at_the_centre_positions():
+    packer = MultiTermMemoryPacker(FRAMEPACK_TERMS, 4, 8, framepack_compatible=True)
+    rope = framepack_style_rope(theta=10.0)
+    pooled = packer.pooled_rope(rope, 60, 104)
+    centres = packer.positions(60, 104, dtype=torch.float64)
+    # centre positions in 1x patch units: latent (row, col) centre -> (row - 0.5) / 2
+    at_centres = rope(centres[:, 0], (centres[:, 1] - 0.5) / 2, (centres[:, 2] - 0.5) / 2)
+    n4, n2, n1 = packer.token_counts(60, 104)
+    torch.testing.assert_close(pooled[n4 + n2 :], at_centres[n4 + n2 :], atol=1e-12, rtol=0)  # 1x: one position
+    assert (pooled[:n4] - at_centres[:n4]).abs().max() > 0.1  # the mean of cos is not the cos of the mean
+
+
+def test_pooled_rope_matches_diffusers_framepack():
+    """diffusers' FramePack transformer: its RoPE module on the 1x grid, padded and pooled per term by
+    its own _pad_rotary_emb; the option's pooled_rope from the same per-position features."""
+    pytest.importorskip("diffusers")
+    try:
+        from diffusers.models.transformers import transformer_hunyuan_video_framepack as framepack
+    except ImportError as exc:
+        pytest.skip(f"this diffusers has no HunyuanVideo FramePack transformer: {exc}")
+    rope = framepack.HunyuanVideoFramepackRotaryPosEmbed(patch_size=2, patch_size_t=1, rope_dim=[4, 6, 6], theta=256.0)
+    pad_and_pool = framepack.HunyuanVideoFramepackTransformer3DModel._pad_rotary_emb
+    for h, w in ((60, 104), (35, 46), (35, 45)):
+        packer = MultiTermMemoryPacker(SMALL_FRAMEPACK_TERMS, 4, 8, framepack_compatible=True)
+        indices = torch.arange(packer.num_frames) * 3 + 1
+        theirs_cos, theirs_sin = [], []
+        first = 0
+        for t in packer.terms:
+            n, kt, s = t.num_latent_frames, t.temporal_stride, t.spatial_stride
+            emb = rope(indices[first : first + n], h, w, device="cpu")
+            first += n
+            if (kt, s) != (1, 1):
+                emb = pad_and_pool(None, emb, h // 2, w // 2, (kt, s, s))
+            theirs_cos.append(emb[0])
+            theirs_sin.append(emb[1])
+        full = rope(indices, h, w, device="cpu")
+        grids = tuple(f.unflatten(0, (packer.num_frames, h // 2, w // 2)) for f in full)
+        cos, sin = packer.pooled_rope(grids, h, w)
+        n4, n2, n1 = packer.token_counts(h, w)
+        if w % 4 == 1:  # FramePack's own 2x RoPE has a column fewer than its 2x tokens: compare what it has
+            gw = -(-w // 4)
+            keep = torch.ones(n4 + n2 + n1, dtype=torch.bool)
+            keep[n4 : n4 + n2] = (torch.arange(n2) % gw) < gw - 1
+            cos, sin = cos[keep], sin[keep]
+            assert torch.cat(theirs_cos).shape[0] == n4 + n2 + n1 - (n2 // gw) * 1 == cos.shape[0]
+        torch.testing.assert_close(cos, torch.cat(theirs_cos), atol=1e-6, rtol=0)
+        torch.testing.assert_close(sin, torch.cat(theirs_sin), atol=1e-6, rtol=0)
+
+
+def test_pooled_rope_bad_arguments():
+    packer = MultiTermMemoryPacker(SMALL_FRAMEPACK_TERMS, 4, 8, framepack_compatible=True)
+    with pytest.raises(ValueError, match=r"features must have shape \(T, rows, cols, C\) = \(10, 5, 6, C\)"):
+        packer.pooled_rope(torch.zeros(10, 6, 6, 4), 10, 12)
+    with pytest.raises(TypeError, match="features must be a tensor"):
+        packer.pooled_rope("rope", 10, 12)
+    with pytest.raises(TypeError, match="frame_indices is only used with a callable"):
+        packer.pooled_rope(torch.zeros(10, 5, 6, 4), 10, 12, frame_indices=list(range(10)))
+    with pytest.raises(ValueError, match="frame_indices must hold one index per history frame"):
+        packer.pooled_rope(framepack_style_rope(), 10, 12, frame_indices=[1, 2])
+    with pytest.raises(ValueError, match="one patch size"):
+        MultiTermMemoryPacker([term(2, 2, 2, 2), term(1, 1, 1, 1)], 4, 8).pooled_rope(framepack_style_rope(), 8, 8)
+
+
+def test_framepack_compatible_module_path_crops_too():
+    """A projection that is not a plain Conv3d (here: one with a forward hook) is called as a module;
+    it gets the same cropped 1x term, so the tokens equal the matrix-product path's."""
+    packer = MultiTermMemoryPacker(SMALL_FRAMEPACK_TERMS, 3, 8, framepack_compatible=True, dtype=torch.float64)
+    history = torch.randn(1, 3, 10, 13, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain, _ = packer(history)
+        handle = packer.projections[2].register_forward_hook(lambda module, args, out: out)
+        try:
+            hooked, _ = packer(history)
+        finally:
+            handle.remove()
+    assert hooked.shape == plain.shape == (1, sum(packer.token_counts(13, 11)), 8)
+    assert_close_to(hooked, plain, torch.float64)

@@ -142,3 +142,14 @@ def test_tiny_pipeline_is_reproducible_and_leaves_the_global_rng_alone():
         assert torch.equal(pa, pb)
     ids = a.tokenizer("a red fox").input_ids
     assert ids[0] == a.tokenizer.bos_token_id and ids[-1] == a.tokenizer.eos_token_id and len(ids) == 2 + 7
+
+
+@pytest.mark.parametrize("not_a_model", [torch.nn.Conv2d(4, 4, 3), object(), None])
+def test_processors_need_a_diffusers_model_with_attention_processors(not_a_model):
+    from vidmem_ext.pipelines import temporal_momentum_processors
+
+    with pytest.raises(TypeError, match="diffusers model with attention processors"):
+        with temporal_momentum_processors(not_a_model, 0.5, 2):
+            pytest.fail("the body must not run")
+    with pytest.raises(TypeError, match=f"got {type(not_a_model).__name__}"):
+        self_attention_layer_names(not_a_model)

@@ -6,6 +6,7 @@
 - MultiTermMemoryPacker / plan_memory_terms: the tokens themselves (FramePack-style), and terms for a budget.
 - temporal_momentum_attention / TemporalMomentumAttnProcessor: ZS² attention (SDPA function, diffusers processor).
 - pipelines.zero_shot_video: zero-shot video from a diffusers text-to-image pipeline (needs the diffusers extra).
+- distributed.temporal_momentum: temporal momentum of a video whose frames are split across torch.distributed ranks.
 
 Names are imported lazily so that `import vidmem_ext.token_budget` (standard
 library only) does not import torch.
@@ -28,6 +29,7 @@ _LAZY = {
     "dependency_noise_step": "noise",
     "temporal_momentum_attention": "attention",
     "TemporalMomentumAttnProcessor": "attention",
+    "distributed": None,
     "pipelines": None,
     "reference": None,
     "token_budget": None,

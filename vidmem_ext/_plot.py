@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["line_chart", "heatmap", "image_rows", "stack", "colormap"]
+__all__ = ["line_chart", "heatmap", "bar_chart", "image_rows", "table", "stack", "grid", "titled", "colormap"]
 
 SUPERSAMPLE = 2
 BACKGROUND = (255, 255, 255)
@@ -207,17 +207,75 @@ def heatmap(
     return canvas.finish()
 
 
-def image_rows(rows: Sequence[tuple[str, Sequence[Image.Image]]], *, scale: int = 3, title: str = "") -> Image.Image:
-    """Rows of equally sized images (nearest-neighbour upscaled), each row labelled above it."""
+def bar_chart(
+    groups: Sequence[tuple[str, Sequence[tuple[str, float]]]],
+    *,
+    title: str,
+    xlabel: str,
+    reference: float | None = None,
+    width: int = 720,
+) -> Image.Image:
+    """Horizontal bars: one group per (label, [(series, value), ...]), one colour per series name,
+    a legend on top and an optional dashed reference line (e.g. 1.0 = as fast as a clone)."""
+    names = list(dict.fromkeys(name for _, bars in groups for name, _ in bars))
+    colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+    bar_h, gap, label_w = 9, 8, 250
+    legend_h = 18 * ((len(names) + 3) // 4)
+    top = 36 + legend_h
+    height = top + sum(len(bars) * bar_h + gap for _, bars in groups) + 44
+    values = [v for _, bars in groups for _, v in bars] + ([reference] if reference else [])
+    xmax = max(values + [1e-9]) * 1.08
+    if reference:  # a few huge ratios (tiny shapes, slow references) would squash the rest
+        xmax = min(xmax, 2.5 * reference)
+    box = (label_w, top, width - 20, height - 44)
+    canvas = _Canvas(width, height)
+    to_x, _ = _axes(canvas, box, (0, xmax), (0, 1), _nice_ticks(0, xmax), [], "", xlabel, "")
+    canvas.text((width / 2, 6), title, size=13, anchor="mt")
+    for i, name in enumerate(names):
+        x0, y0 = 20 + (i % 4) * ((width - 40) / 4), 30 + 18 * (i // 4)
+        canvas.rectangle((x0, y0 - 5, x0 + 14, y0 + 5), fill=colours[name])
+        canvas.text((x0 + 19, y0), name, size=11, anchor="lm")
+    y = top + gap / 2
+    for label, bars in groups:
+        canvas.text((label_w - 6, y + len(bars) * bar_h / 2), label, size=10, anchor="rm")
+        for name, value in bars:
+            canvas.rectangle((to_x(0), y, to_x(min(value, xmax)), y + bar_h - 1), fill=colours[name])
+            y += bar_h
+        y += gap
+    if reference:
+        x = to_x(reference)
+        for y0 in range(int(box[1]), int(box[3]), 8):
+            canvas.line([(x, y0), (x, min(y0 + 4, box[3]))], INK)
+    return canvas.finish()
+
+
+def image_rows(
+    rows: Sequence[tuple[str, Sequence[Image.Image]]],
+    *,
+    scale: int = 3,
+    title: str = "",
+    column_labels: Sequence[str] = (),
+) -> Image.Image:
+    """Rows of equally sized images (nearest-neighbour upscaled), each row labelled above it.
+
+    column_labels, if given, head the columns (wrapped onto two lines when they are wider than a tile).
+    """
     tile_w, tile_h = (d * scale for d in rows[0][1][0].size)
     cols = max(len(images) for _, images in rows)
     gap, label_h, title_h = 4, 20, 26 if title else 0
+    header_h = 30 if column_labels else 0
     width = 10 + cols * (tile_w + gap) + 6
-    height = title_h + len(rows) * (label_h + tile_h + gap) + 6
+    height = title_h + header_h + len(rows) * (label_h + tile_h + gap) + 6
     canvas = _Canvas(width, height)
     if title:
         canvas.text((width / 2, 8), title, size=13, anchor="mt")
     y = title_h
+    for i, label in enumerate(column_labels):
+        words = label.split()
+        lines = [" ".join(words[: (len(words) + 1) // 2]), " ".join(words[(len(words) + 1) // 2 :])]
+        for j, line in enumerate(lines):
+            canvas.text((10 + i * (tile_w + gap) + tile_w / 2, y + 2 + 13 * j), line, size=11, anchor="mt")
+    y += header_h
     for label, images in rows:
         canvas.text((10, y + 4), label, size=12)
         y += label_h
@@ -225,6 +283,30 @@ def image_rows(rows: Sequence[tuple[str, Sequence[Image.Image]]], *, scale: int 
             x = 10 + i * (tile_w + gap)
             canvas.paste(image.convert("RGB"), (x, y, x + tile_w, y + tile_h))
         y += tile_h + gap
+    return canvas.finish()
+
+
+def table(rows: Sequence[Sequence[str]], *, title: str = "", size: int = 12) -> Image.Image:
+    """A text table: the first row is the header; the first column left-aligned, the others right-aligned."""
+    font = _font(size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_width = lambda text: measure.textlength(text, font=font) / SUPERSAMPLE  # noqa: E731
+    widths = [max(text_width(row[c]) for row in rows) for c in range(len(rows[0]))]
+    pad, line_h, title_h = 14, size + 10, size + 16 if title else 0
+    width = round(sum(widths) + pad * (len(widths) - 1) + 20)
+    height = round(title_h + line_h * len(rows) + 16)
+    canvas = _Canvas(width, max(height, 1))
+    if title:
+        canvas.text((10, 6), title, size=size + 1)
+    y = title_h + 6
+    for r, row in enumerate(rows):
+        x = 10
+        for c, (cell, w) in enumerate(zip(row, widths)):
+            canvas.text((x if c == 0 else x + w, y), cell, size=size, anchor="la" if c == 0 else "ra")
+            x += w + pad
+        if r == 0:
+            canvas.line([(10, y + line_h - 4), (width - 10, y + line_h - 4)], INK)
+        y += line_h
     return canvas.finish()
 
 
@@ -240,3 +322,16 @@ def stack(images: Sequence[Image.Image], *, vertical: bool = False, gap: int = 1
         out.paste(image, (0, offset) if vertical else (offset, 0))
         offset += (image.height if vertical else image.width) + gap
     return out
+
+
+def grid(images: Sequence[Image.Image], *, columns: int, gap: int = 10) -> Image.Image:
+    """Images in rows of `columns`, top/left aligned on white."""
+    rows = [stack(images[i : i + columns], gap=gap) for i in range(0, len(images), columns)]
+    return stack(rows, vertical=True, gap=gap)
+
+
+def titled(image: Image.Image, title: str, size: int = 14) -> Image.Image:
+    """`image` with a centred title line above it."""
+    header = _Canvas(image.width, size + 14)
+    header.text((image.width / 2, 6), title, size=size, anchor="mt")
+    return stack([header.finish(), image], vertical=True, gap=0)

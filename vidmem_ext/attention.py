@@ -19,44 +19,26 @@ diffusers attention-processor contract without importing diffusers.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from ._checks import check_int, check_momentum
 from .momentum import temporal_momentum
 
 __all__ = ["temporal_momentum_attention", "TemporalMomentumAttnProcessor"]
 
 
-def _check_momentum(momentum):
-    """A float in [0, 1] (returned as float) or a floating tensor (returned as is; the op checks its shape)."""
-    if isinstance(momentum, torch.Tensor):
-        if not momentum.is_floating_point():
-            raise TypeError(f"momentum tensor must be floating point, got {momentum.dtype}")
-        return momentum
-    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
-        raise TypeError(f"momentum must be a float in [0, 1] or a tensor, got {type(momentum).__name__}")
-    value = float(momentum)
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {value}")
-    return value
-
-
-def _check_num_frames(num_frames, allow_none: bool = False):
+def check_num_frames(num_frames, allow_none: bool = False):
+    """Frames per video: an int >= 1 (None allowed when allow_none)."""
     if num_frames is None and allow_none:
         return None
-    if isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral):
-        raise TypeError(f"num_frames must be an int >= 1, got {type(num_frames).__name__}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    return int(num_frames)
+    return check_int(num_frames, "num_frames", minimum=1)
 
 
 def _momentum_over_frames(x: torch.Tensor, momentum, num_frames: int) -> torch.Tensor:
     """EMA of x (batch = videos * num_frames, heads, tokens, dim) over the frames of each video."""
+    # Momentum 0 and 1 are exact in the op too (docs/errors.md); these shortcuts only skip the scan.
     if isinstance(momentum, float) and momentum == 0.0:
         return x  # y_t = x_t exactly
     videos = rearrange(x, "(v f) h n d -> v f h n d", f=num_frames)  # a view: splits the batch axis only
@@ -104,8 +86,8 @@ def temporal_momentum_attention(
             raise ValueError(f"{name} must be 4-D (batch, heads, tokens, dim), got shape {tuple(t.shape)}")
     if not q.shape[0] == k.shape[0] == v.shape[0]:
         raise ValueError(f"q, k, v must share the batch size, got {q.shape[0]}, {k.shape[0]}, {v.shape[0]}")
-    num_frames = _check_num_frames(num_frames)
-    momentum = _check_momentum(momentum)
+    num_frames = check_num_frames(num_frames)
+    momentum = check_momentum(momentum)
     batch = q.shape[0]
     if batch % num_frames != 0:
         raise ValueError(
@@ -131,13 +113,17 @@ class TemporalMomentumAttnProcessor:
         momentum: float in [0, 1] or a tensor broadcastable to (heads, tokens, head_dim).
         num_frames: frames per video; may be set later (vidmem_ext.pipelines does), must be set before a call.
 
-    Install it on self-attention layers only, e.g. with
-    `vidmem_ext.pipelines.temporal_momentum_processors(unet, momentum, num_frames)`.
+    Install it on spatial self-attention layers only (batch = videos * frames, tokens = positions),
+    never on temporal or motion modules, where the batch holds positions and the tokens are frames;
+    `vidmem_ext.pipelines.temporal_momentum_processors(unet, momentum, num_frames)` picks those layers.
+    `num_frames` counts the frames of one video, whereas diffusers' CrossFrameAttnProcessor2_0
+    counts videos including CFG copies in its `batch_size`: momentum 1 here equals
+    CrossFrameAttnProcessor2_0(batch_size=2 * videos) under CFG.
     """
 
     def __init__(self, momentum=0.98, num_frames: int | None = None):
-        self.momentum = _check_momentum(momentum)
-        self.num_frames = _check_num_frames(num_frames, allow_none=True)
+        self.momentum = check_momentum(momentum)
+        self.num_frames = check_num_frames(num_frames, allow_none=True)
 
     def __repr__(self) -> str:
         momentum = self.momentum if isinstance(self.momentum, float) else f"tensor{tuple(self.momentum.shape)}"

@@ -24,8 +24,10 @@ s = `initial` if given, else s = x_0 (the video's first frame), since then
 y_0 = m x_0 + (1 - m) x_0 = x_0. Rank 0 may be empty and a rank cannot know
 before the exchange whether it holds frame 0, so every rank sends its first
 frame beside its end state; each rank gathers all (e_q, x_q[0], L_q) and folds
-the ranks before it locally. Payload per rank: 2 frame slices plus a 128-byte
-header, gathered from every rank.
+the ranks before it locally. Payload per rank: 2 frame slices, gathered from every
+rank, after a fixed-size 128-byte header gathered in a collective of its own (so that
+ranks that disagree on dtype or shape raise the same error instead of exchanging
+messages of different sizes, which the backends abort or hang on).
 
 Backward. With g = dL/dy_r (this rank's part of a global loss) and
 h_r = dL/dc_r = sum_t m^(t+1) g_t, the reverse recurrence a_t = g_t + m a_(t+1)
@@ -54,6 +56,7 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
+from ._checks import acc_dtype
 from .momentum import check_args
 from .momentum import temporal_momentum as _local_temporal_momentum
 
@@ -61,7 +64,9 @@ __all__ = ["temporal_momentum", "record_communication", "HEADER_BYTES"]
 
 _DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.float64: 4}
 
-# Header of the forward message: 16 int64 slots, so that the payload after it stays 8-byte aligned.
+# Header exchanged before any payload, in its own all-gather: 16 int64 slots, the same size on every rank
+# whatever its arguments, so that a disagreement is found (and reported alike on every rank) before any
+# message whose size depends on dtype or shape.
 _HEADER_SLOTS = 16
 HEADER_BYTES = _HEADER_SLOTS * 8
 _MAGIC = 0x766D5F6D6F6D  # "vm_mom": a different collective on some rank shows up as a bad magic
@@ -77,8 +82,8 @@ _recorders: list[list[dict]] = []
 def record_communication() -> Iterator[list[dict]]:
     """Record every exchange made by `temporal_momentum` inside the block (this process only).
 
-    Yields a list that receives one dict per collective: ``direction`` ("forward" or
-    "backward"), ``sent_bytes`` (this rank's message), ``gathered_bytes`` (world x
+    Yields a list that receives one dict per collective: ``direction`` ("header",
+    "forward" or "backward"), ``sent_bytes`` (this rank's message), ``gathered_bytes`` (world x
     message: what each rank receives), ``world_size``. Used by the benchmark and tests.
     """
     log: list[dict] = []
@@ -87,10 +92,6 @@ def record_communication() -> Iterator[list[dict]]:
         yield log
     finally:
         _recorders.remove(log)
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _all_gather(out: torch.Tensor, message: torch.Tensor, group, direction: str) -> None:
@@ -120,8 +121,9 @@ class _Plan:
 
     def __init__(self, group, rank, world, length, slice_shape, dtype, m_value, has_initial, needs_grad):
         self.group, self.rank, self.world, self.length = group, rank, world, length
-        self.slice_shape, self.dtype, self.acc = slice_shape, dtype, _acc_dtype(dtype)
+        self.slice_shape, self.dtype, self.acc = slice_shape, dtype, acc_dtype(dtype)
         self.m_value, self.has_initial, self.needs_grad = m_value, has_initial, needs_grad
+        self.lengths: list[int] = []  # every rank's block length, from the header exchange
 
     def header(self) -> torch.Tensor:
         h = torch.zeros(_HEADER_SLOTS, dtype=torch.int64)
@@ -204,20 +206,13 @@ class _CarryExchange(torch.autograd.Function):
         del anchor  # only there so that the output requires grad on ranks whose block is empty
         acc, slice_shape, rank, world = plan.acc, plan.slice_shape, plan.rank, plan.world
         numel = slice_shape.numel()
-        esize = torch.empty((), dtype=acc).element_size()
         device = end_state.device
 
-        message = torch.empty(HEADER_BYTES + 2 * numel * esize, dtype=torch.uint8, device=device)
-        message[:HEADER_BYTES].view(torch.int64).copy_(plan.header())
-        payload = message[HEADER_BYTES:].view(acc)
-        payload[:numel].copy_(end_state.reshape(-1))
-        payload[numel:].copy_(first_frame.reshape(-1))
-        gathered = torch.empty(world * message.numel(), dtype=torch.uint8, device=device)
-        _all_gather(gathered, message, plan.group, "forward")
-        gathered = gathered.view(world, message.numel())
-
-        lengths = _check_headers(gathered[:, :HEADER_BYTES].cpu().view(torch.int64))
-        payloads = gathered[:, HEADER_BYTES:].view(acc)
+        payload = torch.cat([end_state.reshape(-1), first_frame.reshape(-1)])
+        gathered = torch.empty(world * payload.numel(), dtype=acc, device=device)
+        _all_gather(gathered, payload, plan.group, "forward")
+        payloads = gathered.view(world, payload.numel())
+        lengths = plan.lengths
         ends = payloads[:, :numel].reshape(world, *slice_shape)
         firsts = payloads[:, numel:].reshape(world, *slice_shape)
 
@@ -337,14 +332,16 @@ def temporal_momentum(
 
     Communication, per call (W = group size, S = frame-slice elements, b = 4 bytes,
     or 8 for fp64 inputs; fp16/bf16 carry their states in fp32):
-        forward:  one all-gather of 128 + 2*S*b bytes per rank (end state, first
-                  frame, header), W*(128 + 2*S*b) received on each rank;
+        header:   one all-gather of 128 bytes per rank (lengths, dtype, slice shape,
+                  momentum, `initial` presence, grad mode), W*128 received;
+        forward:  one all-gather of 2*S*b bytes per rank (end state, first frame),
+                  W*2*S*b received on each rank;
         backward: one all-gather of S*b bytes per rank, W*S*b received.
     That is O(W x frame slice), independent of the number of frames. The header
-    lets every rank check that lengths, slice shapes, dtypes, momentum, `initial`
-    and grad mode agree and raise the same clear error. A different number of
-    slice elements on some rank changes the message size itself, which the
-    backend rejects (gloo aborts with a size mismatch; NCCL may hang).
+    goes first, in its own collective of a fixed size, so that every rank checks
+    that slice shapes, dtypes, momentum, `initial` and grad mode agree and raises
+    the same ValueError (naming what each rank has) before any message whose size
+    depends on them.
 
     The local scans use the single-process op (its compiled kernels when built).
     """
@@ -361,9 +358,14 @@ def temporal_momentum(
 
     x = x_local
     length = x.shape[dim]
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, m_tensor, initial))
     plan = _Plan(group, rank, world, length, slice_shape, x.dtype, m_value, initial is not None, needs_grad)
+    # The header first, in its own fixed-size collective: every rank checks every rank's arguments and
+    # raises the same error before any message whose size depends on them.
+    headers = torch.empty(world * _HEADER_SLOTS, dtype=torch.int64, device=x.device)
+    _all_gather(headers, plan.header().to(x.device), group, "header")
+    plan.lengths = _check_headers(headers.view(world, _HEADER_SLOTS).cpu())
 
     if length > 0:
         zero_state = x.new_zeros(slice_shape)
@@ -385,4 +387,13 @@ def temporal_momentum(
     else:
         weights = torch.pow(_lane_shape(m_tensor.to(acc), len(slice_shape)).unsqueeze(dim), exponents)
     out = torch.addcmul(scanned.to(acc), weights, carry.unsqueeze(dim))
+    # Momentum exactly 0 is exact: y = x, even where an earlier rank's carry is not finite (0 * inf = NaN).
+    # Only where the formula differs from that (a non-finite carry), so that d/dm stays the formula's;
+    # torch.where keeps the carry in the graph, so that backward's collective runs on every rank.
+    if m_tensor is None:
+        zero_lanes = torch.full((), m_value == 0.0, device=x.device)
+    else:
+        zero_lanes = _lane_shape(m_tensor.detach(), len(slice_shape)).unsqueeze(dim) == 0
+    local = scanned.to(acc)
+    out = torch.where(zero_lanes & (out.detach() != local.detach()), local, out)
     return out.to(x.dtype)

@@ -12,19 +12,11 @@ references are vidmem_ext.reference.temporal_momentum_loop / _matrix.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from . import _backend, reference
+from . import _backend, _checks, reference
 
 __all__ = ["temporal_momentum"]
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_args(x, momentum, dim, initial, x_name: str = "x"):
@@ -32,22 +24,12 @@ def check_args(x, momentum, dim, initial, x_name: str = "x"):
 
     Returns (dim in [0, x.dim()), frame-slice shape, momentum tensor or None, momentum float or None).
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{x_name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{x_name} must be a floating tensor (float16, bfloat16, float32 or float64), got {x.dtype}")
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-    if x.dim() == 0:
-        raise IndexError(f"dim: {x_name} is 0-dimensional and has no frame axis")
-    if not -x.dim() <= dim < x.dim():
-        raise IndexError(f"dim {dim} is out of range for {x_name} with {x.dim()} dimensions")
-    dim %= x.dim()
+    _checks.check_float_tensor(x, x_name)
+    dim = _checks.check_dim(dim, x.dim(), x_name)
     slice_shape = x.shape[:dim] + x.shape[dim + 1 :]
 
+    momentum = _checks.check_momentum(momentum)
     if isinstance(momentum, torch.Tensor):
-        if not momentum.is_floating_point():
-            raise ValueError(f"momentum tensor must be floating point, got {momentum.dtype}")
         if momentum.device != x.device:
             raise ValueError(f"momentum is on {momentum.device} but {x_name} is on {x.device}")
         try:
@@ -61,12 +43,7 @@ def check_args(x, momentum, dim, initial, x_name: str = "x"):
             )
         m_tensor, m_value = momentum, None
     else:
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-            raise TypeError(f"momentum must be a float in [0, 1] or a tensor, got {type(momentum).__name__}")
-        m_value = float(momentum)
-        if math.isnan(m_value) or not 0.0 <= m_value <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {m_value}")
-        m_tensor = None
+        m_tensor, m_value = None, momentum
 
     if initial is not None:
         if not isinstance(initial, torch.Tensor):
@@ -80,6 +57,11 @@ def check_args(x, momentum, dim, initial, x_name: str = "x"):
         if initial.device != x.device:
             raise ValueError(f"initial is on {initial.device} but {x_name} is on {x.device}")
     return dim, slice_shape, m_tensor, m_value
+
+
+def _under_func_transform() -> bool:
+    """True inside a torch.func transform (grad, vjp, jacrev, vmap, ...); never while torch.compile traces."""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
 
 
 def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: torch.Tensor | None = None):
@@ -103,7 +85,11 @@ def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: tor
     """
     dim, _, m_tensor, m_value = check_args(x, momentum, dim, initial)
     if m_tensor is not None:  # the kernels read momentum in the accumulation dtype
-        m_tensor, m_value = m_tensor.to(_acc_dtype(x.dtype)), 0.0
+        m_tensor, m_value = m_tensor.to(_checks.acc_dtype(x.dtype)), 0.0
+    if _under_func_transform():
+        # torch.func (grad, jacrev, vmap, ...) cannot see through the ops' registered autograd; the
+        # reference is plain PyTorch and composes with every transform (same values, slower).
+        return reference.temporal_momentum_loop(x, m_tensor if m_tensor is not None else m_value, dim, initial)
     if _backend.use_kernel("temporal_momentum", x.device):
         return torch.ops.vidmem_ext.temporal_momentum(x, m_tensor, m_value, dim, initial)
     return reference.temporal_momentum_loop(x, m_tensor if m_tensor is not None else m_value, dim, initial)
@@ -122,7 +108,7 @@ if _backend.compiled():
     def _temporal_momentum_backward_fake(grad_y, x, y, momentum, momentum_value, dim, initial, momentum_grad):
         dim = dim % x.dim()
         slice_shape = x.shape[:dim] + x.shape[dim + 1 :]
-        acc = _acc_dtype(x.dtype)
+        acc = _checks.acc_dtype(x.dtype)
         grad_m = x.new_empty(slice_shape, dtype=acc) if momentum_grad else x.new_empty((0,), dtype=acc)
         grad_init = torch.empty_like(initial) if initial is not None else x.new_empty((0,))
         return torch.empty_like(x), grad_m, grad_init
@@ -150,3 +136,99 @@ if _backend.compiled():
         return grad_x if ctx.needs_input_grad[0] else None, grad_m, None, None, grad_init
 
     torch.library.register_autograd("vidmem_ext::temporal_momentum", _backward, setup_context=_setup_context)
+
+    # ----------------------------------------------------------------------- second order
+    # The backward op is linear in grad_y: a_t = gy_t + m a_(t+1) (a reverse scan), then
+    #   grad_x_t = c_t a_t        (c_t = 1 - m; c_0 = 1 without initial),
+    #   grad_m   = sum_t a_t d_t  (d_t = y_(t-1) - x_t, y_(-1) = initial; d_0 = 0 without initial),
+    #   grad_init = m a_0.
+    # With cotangents (u, v, w) of (grad_x, grad_m, grad_init), L = sum_t a_t b_t where
+    # b_t = c_t u_t + v d_t + [t = 0] w m, so dL/dgy = B, the forward scan B_t = b_t + m B_(t-1);
+    # dL/dx_t = -v a_t, dL/dy_t = v a_(t+1), dL/dinitial = v a_0, and
+    # dL/dm = sum_t a_(t+1) B_t - sum_(t: c_t = 1 - m) a_t u_t + w a_0.
+
+    def _plain_scan(z: torch.Tensor, m, reverse: bool) -> torch.Tensor:
+        """r_t = z_t + m r_(t-1) along axis 0 (r_(t+1) when reverse), from a zero state; z in the acc dtype.
+
+        The op computes (1 - m) r from a zero initial state; lanes with m = 1 are a plain cumulative sum.
+        """
+        if reverse:
+            z = z.flip(0)
+        zero = z.new_zeros(z.shape[1:])
+        if isinstance(m, float):
+            if m == 1.0:
+                r = z.cumsum(0)
+            else:
+                r = torch.ops.vidmem_ext.temporal_momentum(z, None, m, 0, zero) / (1.0 - m)
+        else:
+            one = m == 1
+            scaled = torch.ops.vidmem_ext.temporal_momentum(z, m, 0.0, 0, zero)
+            r = torch.where(one, z.cumsum(0), scaled / torch.where(one, torch.ones_like(m), 1 - m))
+        return r.flip(0) if reverse else r
+
+    def _backward_setup_context(ctx, inputs, output):
+        grad_y, x, y, momentum, momentum_value, dim, initial, momentum_grad = inputs
+        ctx.momentum_value, ctx.dim, ctx.momentum_grad = momentum_value, dim, momentum_grad
+        ctx.save_for_backward(grad_y, x, y, momentum, initial)
+
+    def _backward_backward(ctx, gg_x, gg_m, gg_init):
+        grad_y, x, y, momentum, initial = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        dim = ctx.dim % x.dim()
+        acc = _checks.acc_dtype(x.dtype)
+
+        def frames(t):
+            return t.movedim(dim, 0).to(acc)
+
+        def back(t, like):
+            return t.movedim(0, dim).to(like.dtype)
+
+        gy, xf, yf = frames(grad_y), frames(x), frames(y)
+        num_frames = gy.shape[0]
+        m = ctx.momentum_value if momentum is None else momentum.to(acc)
+        has_initial = initial is not None
+        u = frames(gg_x) if gg_x is not None else torch.zeros_like(gy)
+        v = gg_m.to(acc) if ctx.momentum_grad and gg_m is not None and gg_m.numel() else None
+        w = gg_init.to(acc) if has_initial and gg_init is not None and gg_init.numel() else None
+        if num_frames == 0:
+            zeros = [torch.zeros_like(t) if t is not None else None for t in (grad_y, x, y, momentum)]
+            grad_initial = torch.zeros_like(initial) if has_initial else None
+            return (*zeros, None, None, grad_initial, None)
+
+        one_minus_m = 1 - m
+        c_u = one_minus_m * u
+        if not has_initial:  # grad_x_0 = a_0: no (1 - m) on frame 0
+            c_u = torch.cat([u[:1], c_u[1:]])
+        b = c_u
+        if v is not None:
+            state_before = (initial.to(acc) if has_initial else xf[0]).unsqueeze(0)
+            drift = torch.cat([state_before, yf[:-1]]) - xf  # d_t; d_0 = x_0 - x_0 = 0 without initial
+            b = b + v * drift
+        if w is not None:
+            b = torch.cat([(b[0] + w * m).unsqueeze(0), b[1:]])
+        a = _plain_scan(gy, m, reverse=True)
+        big_b = _plain_scan(b, m, reverse=False)
+
+        grad_grad_y = back(big_b, grad_y) if needs[0] else None
+        grad_x = grad_y_saved = grad_initial = grad_momentum = None
+        if v is not None:
+            if needs[1]:
+                gx = -v * a
+                if not has_initial:
+                    gx = torch.cat([torch.zeros_like(gx[:1]), gx[1:]])
+                grad_x = back(gx, x)
+            if needs[2]:
+                grad_y_saved = back(torch.cat([v * a[1:], torch.zeros_like(a[:1])]), y)
+            if has_initial and needs[6]:
+                grad_initial = (v * a[0]).to(initial.dtype)
+        if momentum is not None and needs[3]:
+            dm = (a[1:] * big_b[:-1]).sum(0)
+            dm = dm - ((a * u).sum(0) if has_initial else (a[1:] * u[1:]).sum(0))
+            if w is not None:
+                dm = dm + w * a[0]
+            grad_momentum = dm.sum_to_size(momentum.shape).to(momentum.dtype)
+        return grad_grad_y, grad_x, grad_y_saved, grad_momentum, None, None, grad_initial, None
+
+    torch.library.register_autograd(
+        "vidmem_ext::temporal_momentum_backward", _backward_backward, setup_context=_backward_setup_context
+    )

@@ -9,37 +9,20 @@ vidmem_ext.reference.dependency_noise / dependency_noise_step.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
-from . import _backend, reference
+from . import _backend, _checks, reference
 
-__all__ = ["dependency_noise", "dependency_noise_step"]
+__all__ = ["dependency_noise", "dependency_noise_step", "MAX_RANDOM_SEARCH_TIMES", "MAX_LINEAR_SEARCH_TIMES"]
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+# Upper bounds of the search counts (docs/errors.md): far above any sensible use (the paper uses 10 and 15),
+# low enough that one call stays bounded in time. The C++ checks hold the same numbers.
+MAX_RANDOM_SEARCH_TIMES = 1 << 20
+MAX_LINEAR_SEARCH_TIMES = 1 << 16
 
 
 def _check_lambda(lambda_i) -> float:
-    if isinstance(lambda_i, bool) or not isinstance(lambda_i, numbers.Real):
-        raise TypeError(f"lambda_i must be a float >= 0, got {type(lambda_i).__name__}")
-    value = float(lambda_i)
-    if math.isnan(value) or math.isinf(value) or value < 0:
-        raise ValueError(f"lambda_i must be a finite float >= 0, got {value}")
-    return value
-
-
-def _check_count(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    return _checks.check_real(lambda_i, "lambda_i", minimum=0.0)
 
 
 def _as_int64(value: int) -> int:
@@ -105,16 +88,19 @@ def dependency_noise(
     which has exactly the literal algorithm's distribution (docs/semantics.md, "Drawing only the winner").
     """
     if isinstance(shape, torch.Size | tuple | list):
-        shape = [_check_count(s, "shape entries", 0) for s in shape]
+        shape = [_checks.check_int(s, f"shape[{i}]", minimum=0) for i, s in enumerate(shape)]
     else:
         raise TypeError(f"shape must be a list or tuple of ints, got {type(shape).__name__}")
     if len(shape) < 2:
         raise ValueError(f"shape must have at least 2 dims (batch and frames), got {shape}")
     lambda_i = _check_lambda(lambda_i)
-    random_search_times = _check_count(random_search_times, "random_search_times", 1)
-    linear_search_times = _check_count(linear_search_times, "linear_search_times", 0)
-    if isinstance(frame_dim, bool) or not isinstance(frame_dim, int):
-        raise TypeError(f"frame_dim must be an int, got {type(frame_dim).__name__}")
+    random_search_times = _checks.check_int(
+        random_search_times, "random_search_times", minimum=1, maximum=MAX_RANDOM_SEARCH_TIMES
+    )
+    linear_search_times = _checks.check_int(
+        linear_search_times, "linear_search_times", minimum=0, maximum=MAX_LINEAR_SEARCH_TIMES
+    )
+    frame_dim = _checks.check_int(frame_dim, "frame_dim")
     if not -len(shape) <= frame_dim < len(shape) or frame_dim % len(shape) == 0:
         raise ValueError(
             f"frame_dim must index a non-batch axis of a {len(shape)}-dim shape (1..{len(shape) - 1}), got {frame_dim}"
@@ -123,22 +109,33 @@ def dependency_noise(
     if seed is not None:
         if generator is not None:
             raise ValueError("pass either generator or seed, not both")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        seed = _checks.check_int(seed, "seed")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     dtype = dtype or torch.get_default_dtype()
-    if dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype}")
-    device = (
-        torch.device(device)
-        if device is not None
-        else (generator.device if generator is not None else torch.device("cpu"))
-    )
+    if dtype not in _checks.float_dtypes():
+        raise TypeError(f"dtype must be {_checks.FLOAT_DTYPE_NAMES}, got {dtype}")
+    try:
+        device = (
+            torch.device(device)
+            if device is not None
+            else (generator.device if generator is not None else torch.device("cpu"))
+        )
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must name a torch device, got {device!r} ({exc})") from None
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"generator is on {generator.device} but the noise is made on {device}")
+
+    acc = _checks.acc_dtype(dtype)
+    if device.type == "meta" or 0 in shape:
+        # Shapes only (meta), or nothing to draw: no kernel, no randomness, no stream-layout limits.
+        # Alphas of an empty frame are 0, like frame 0's.
+        out = torch.empty(shape, dtype=dtype, device=device)
+        if not return_alphas:
+            return out
+        return out, torch.zeros((shape[0], shape[frame_dim]), dtype=acc, device=device)
 
     if _backend.use_kernel("dependency_noise", device):
         out = torch.empty(shape, dtype=dtype, device=device)
@@ -164,10 +161,8 @@ def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i
     int64): the first candidate with the smallest error, then the line search on
     alpha, exactly as docs/semantics.md, "Dependency noise" (alpha clamped to [0, 1]).
     """
-    if not isinstance(prev, torch.Tensor) or not isinstance(candidates, torch.Tensor):
-        raise TypeError("prev and candidates must be tensors")
-    if prev.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"prev must be a floating tensor, got {prev.dtype}")
+    _checks.check_float_tensor(prev, "prev")
+    _checks.check_tensor(candidates, "candidates")
     if candidates.dtype != prev.dtype:
         raise ValueError(f"candidates dtype {candidates.dtype} differs from prev dtype {prev.dtype}")
     if candidates.device != prev.device:
@@ -182,7 +177,9 @@ def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i
     if candidates.shape[0] < 1:
         raise ValueError("candidates must hold at least one candidate (R >= 1)")
     lambda_i = _check_lambda(lambda_i)
-    linear_search_times = _check_count(linear_search_times, "linear_search_times", 0)
+    linear_search_times = _checks.check_int(
+        linear_search_times, "linear_search_times", minimum=0, maximum=MAX_LINEAR_SEARCH_TIMES
+    )
     if _backend.use_kernel("dependency_noise_step", prev.device):
         return torch.ops.vidmem_ext.dependency_noise_step(prev, candidates, lambda_i, linear_search_times)
     return reference.dependency_noise_step(prev, candidates, lambda_i, linear_search_times)
@@ -195,7 +192,7 @@ if _backend.compiled():
     @torch.library.register_fake("vidmem_ext::dependency_noise_step")
     def _step_fake(prev, candidates, lambda_i, linear_search_times):
         batch = prev.shape[0]
-        alpha = prev.new_empty((batch,), dtype=_acc_dtype(prev.dtype))
+        alpha = prev.new_empty((batch,), dtype=_checks.acc_dtype(prev.dtype))
         return torch.empty_like(prev), alpha, prev.new_empty((batch,), dtype=torch.int64)
 
     def _step_setup_context(ctx, inputs, output):
@@ -226,4 +223,4 @@ if _backend.compiled():
 
     @torch.library.register_fake("vidmem_ext::dependency_noise_fill_")
     def _fill_fake(out, lambda_i, random_search_times, linear_search_times, frame_dim, seed, offset):
-        return out.new_empty((out.shape[0], out.shape[frame_dim]), dtype=_acc_dtype(out.dtype))
+        return out.new_empty((out.shape[0], out.shape[frame_dim]), dtype=_checks.acc_dtype(out.dtype))

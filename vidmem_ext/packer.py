@@ -6,20 +6,25 @@ order, recent frames are embedded finely and older frames coarsely. Each term
 is padded at its end (replicate) to a multiple of its kernel and embedded by
 one Conv3d with kernel = stride = (temporal_stride, spatial_stride * patch_size,
 spatial_stride * patch_size), so it yields exactly the token grid that
-`token_budget.term_grid` counts.
+`token_budget.term_grid` counts. With `framepack_compatible=True` the packer
+embeds exactly as FramePack does instead (its 1x terms floor on odd sizes), and
+`MultiTermMemoryPacker.pooled_rope` gives FramePack's window-averaged rotary
+embedding for the tokens (docs/video_models.md).
 
 `plan_memory_terms` chooses such terms for a token budget.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .token_budget import MemoryTerm, _check_int, _check_latent, _validate, multi_term_memory_patchification, term_grid
+from ._checks import check_int
+from .token_budget import MemoryTerm, check_latent, multi_term_memory_patchification, term_grid, validate_term
 
 __all__ = ["MultiTermMemoryPacker", "plan_memory_terms", "memory_term_kernel", "memory_token_positions"]
 
@@ -33,10 +38,24 @@ def memory_term_kernel(term: MemoryTerm) -> tuple[int, int, int]:
 def _as_terms(terms) -> tuple[MemoryTerm, ...]:
     if isinstance(terms, (str, bytes, Mapping)) or not isinstance(terms, Sequence):
         raise TypeError(f"terms must be a sequence (list or tuple) of terms, got {type(terms).__name__}")
-    return tuple(MemoryTerm(*_validate(term, f"terms[{i}]")) for i, term in enumerate(terms))
+    return tuple(MemoryTerm(*validate_term(term, f"terms[{i}]")) for i, term in enumerate(terms))
 
 
-def memory_token_positions(terms, latent_h: int, latent_w: int, device=None, dtype=torch.float32) -> torch.Tensor:
+def _floors(term: MemoryTerm, framepack_compatible: bool) -> bool:
+    """FramePack embeds its 1x term (kernel (1, p, p)) with an unpadded Conv3d, which drops the remainder."""
+    return framepack_compatible and term.temporal_stride == 1 and term.spatial_stride == 1
+
+
+def _term_grid(term: MemoryTerm, h: int, w: int, framepack_compatible: bool) -> tuple[int, int, int]:
+    """The term's (frames, rows, columns) token grid: ceil (padded), or floor for FramePack's 1x term."""
+    if _floors(term, framepack_compatible):
+        return term.num_latent_frames, h // term.patch_size, w // term.patch_size
+    return term_grid(term, h, w)
+
+
+def memory_token_positions(
+    terms, latent_h: int, latent_w: int, device=None, dtype=torch.float32, *, framepack_compatible: bool = False
+) -> torch.Tensor:
     """(total_tokens, 3) positions (frame, row, column) of the packed tokens, for RoPE.
 
     Latent coordinates: frame f of the history (the terms' frames laid end to
@@ -45,15 +64,20 @@ def memory_token_positions(terms, latent_h: int, latent_w: int, device=None, dty
     frames 6..7, rows 0..3 is at (6.5, 1.5, 1.5). Windows that hang over the
     padded end keep their nominal centre, so every term's positions form a
     regular grid. Token order is that of `MultiTermMemoryPacker`: term by term,
-    then frame, row, column.
+    then frame, row, column. With `framepack_compatible`, the 1x terms floor as
+    the packer's option does (fewer tokens on odd sizes, same centres).
+
+    These centres are one choice of position; FramePack instead averages each
+    token's rotary features over its window (`MultiTermMemoryPacker.pooled_rope`):
+    the mean of cos is not the cos of the mean, so the two differ on coarse terms.
     """
     terms = _as_terms(terms)
-    h, w = _check_latent(latent_h, latent_w)
+    h, w = check_latent(latent_h, latent_w)
     blocks = []
     first_frame = 0
     for term in terms:
         kt, kh, kw = memory_term_kernel(term)
-        t, gh, gw = term_grid(term, h, w)
+        t, gh, gw = _term_grid(term, h, w, framepack_compatible)
         axes = [
             torch.arange(n, device=device, dtype=torch.float64) * k + (offset + (k - 1) / 2)
             for n, k, offset in ((t, kt, first_frame), (gh, kh, 0), (gw, kw, 0))
@@ -113,6 +137,14 @@ class MultiTermMemoryPacker(nn.Module):
         in_channels: latent channels C.
         embed_dim: token width.
         bias: whether the projections have a bias.
+        framepack_compatible: embed as FramePack does (lllyasviel/FramePack, and
+            diffusers' HunyuanVideoFramepackTransformer3DModel): its 1x terms
+            (temporal and spatial stride 1) use an unpadded Conv3d, so on an odd
+            latent size they floor (drop the last row/column) instead of
+            replicate-padding; coarser terms replicate-pad as by default. Token
+            counts then differ from `token_budget`'s (which counts ceil) on odd
+            sizes: `token_counts` gives the packer's own. Default False: every
+            term padded, matching the token budget.
 
     `forward(history)` takes latents (B, C, T, H, W) with T = the sum of the
     terms' frames and returns `(tokens, positions)`: tokens (B, total_tokens,
@@ -126,8 +158,21 @@ class MultiTermMemoryPacker(nn.Module):
     called as a module instead, so that its extras apply.
     """
 
-    def __init__(self, terms, in_channels: int, embed_dim: int, *, bias: bool = True, device=None, dtype=None):
+    def __init__(
+        self,
+        terms,
+        in_channels: int,
+        embed_dim: int,
+        *,
+        bias: bool = True,
+        framepack_compatible: bool = False,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
+        if not isinstance(framepack_compatible, bool):
+            raise TypeError(f"framepack_compatible must be a bool, got {type(framepack_compatible).__name__}")
+        self.framepack_compatible = framepack_compatible
         self.terms = _as_terms(terms)
         self.in_channels = _check_positive(in_channels, "in_channels")
         self.embed_dim = _check_positive(embed_dim, "embed_dim")
@@ -139,17 +184,123 @@ class MultiTermMemoryPacker(nn.Module):
 
     def extra_repr(self) -> str:
         spec = ", ".join(f"{t.num_latent_frames}@{'x'.join(map(str, memory_term_kernel(t)))}" for t in self.terms)
+        extra = ", framepack_compatible=True" if self.framepack_compatible else ""
         return (
-            f"terms=[{spec}] (frames@kernel, oldest first), in_channels={self.in_channels}, embed_dim={self.embed_dim}"
+            f"terms=[{spec}] (frames@kernel, oldest first), in_channels={self.in_channels}, "
+            f"embed_dim={self.embed_dim}{extra}"
         )
 
     def token_counts(self, latent_h: int, latent_w: int) -> list[int]:
-        """Tokens per term at this latent size (the token budget's tokens_per_term)."""
-        return multi_term_memory_patchification(self.terms, latent_h, latent_w)["tokens_per_term"]
+        """Tokens per term at this latent size (the token budget's tokens_per_term, but for
+        framepack_compatible the 1x terms' floored counts)."""
+        if not self.framepack_compatible:
+            return multi_term_memory_patchification(self.terms, latent_h, latent_w)["tokens_per_term"]
+        h, w = check_latent(latent_h, latent_w)
+        return [math.prod(_term_grid(term, h, w, True)) for term in self.terms]
 
     def positions(self, latent_h: int, latent_w: int, device=None, dtype=torch.float32) -> torch.Tensor:
         """(total_tokens, 3) token positions (frame, row, column); see `memory_token_positions`."""
-        return memory_token_positions(self.terms, latent_h, latent_w, device=device, dtype=dtype)
+        return memory_token_positions(
+            self.terms, latent_h, latent_w, device=device, dtype=dtype, framepack_compatible=self.framepack_compatible
+        )
+
+    def pooled_rope(self, features, latent_h: int, latent_w: int, frame_indices=None):
+        """Each token's rotary features averaged over its window, as FramePack builds its history's RoPE.
+
+        FramePack computes the rotary features (cos and sin) at every position of the 1x patch grid
+        (frame, row // p, column // p with patch size p: rows floor(latent_h / p), columns
+        floor(latent_w / p)), then, for a term with kernel (kt, s*p, s*p), replicate-pads that grid at
+        the end of each axis to whole windows of (kt, s, s) positions and averages each window. This
+        method does exactly that for every term (the 1x terms' windows hold one position), so each
+        token gets the mean of cos and the mean of sin over its window; `positions()`' centres are the
+        other choice (the cos of the mean position, which differs: the mean of cos is not the cos of
+        the mean). Where a term's tokens reach past the grid (an odd latent size, e.g. width 45 with
+        p = 2 at the 2x term, where FramePack's own RoPE and token counts disagree), the padding
+        continues by replicate, i.e. the coordinates are clamped to the grid. All terms must share
+        one patch size.
+
+        Args:
+            features: the per-position rotary features, either
+                - a callable `features(frame, row, col)` taking three float64 tensors of shape
+                  (T, rows, cols) (the history's frame indices and the 1x grid's row and column
+                  indices, broadcast) and returning a tensor (T, rows, cols, C), or
+                - a tensor (T, rows, cols, C) of them (FramePack's (C, T, H, W) per sample is
+                  `.permute(1, 2, 3, 0)`; diffusers' flattened (T*H*W, C) is `.unflatten(0, (T, H, W))`),
+                - or a tuple/list of either (e.g. (cos, sin)), each pooled the same way.
+                T is the history's frames (the terms' frames end to end, oldest first).
+            latent_h, latent_w: the latent size of the history.
+            frame_indices: with a callable, each history frame's index (a sequence or 1-D tensor of
+                T numbers, e.g. FramePack's clean_latent_4x/2x/1x indices concatenated oldest first);
+                default 0..T-1. Not used with tensors, which already hold their frames' features.
+
+        Returns:
+            (total_tokens, C) in token order (term by term, then frame, row, column), in the features'
+            dtype; a tuple of such for a tuple/list.
+        """
+        if isinstance(features, (tuple, list)):
+            return tuple(self.pooled_rope(f, latent_h, latent_w, frame_indices) for f in features)
+        h, w = check_latent(latent_h, latent_w)
+        patch_sizes = {term.patch_size for term in self.terms}
+        if len(patch_sizes) > 1:
+            raise ValueError(f"pooled_rope needs one patch size for all terms, got {sorted(patch_sizes)}")
+        p = patch_sizes.pop() if patch_sizes else 1
+        grid_shape = (self.num_frames, h // p, w // p)
+        if isinstance(features, torch.Tensor):
+            if frame_indices is not None:
+                raise TypeError("frame_indices is only used with a callable features; a tensor holds its frames")
+            grid = features
+        elif callable(features):
+            grid = features(*self._rope_coordinates(grid_shape, frame_indices))
+            if not isinstance(grid, torch.Tensor):
+                raise TypeError(f"features(frame, row, col) must return a tensor, got {type(grid).__name__}")
+        else:
+            raise TypeError(
+                "features must be a tensor (T, rows, cols, C), a callable or a tuple of them, "
+                f"got {type(features).__name__}"
+            )
+        if grid.dim() != 4 or tuple(grid.shape[:3]) != grid_shape:
+            raise ValueError(
+                f"features must have shape (T, rows, cols, C) = ({grid_shape[0]}, {grid_shape[1]}, {grid_shape[2]}, C) "
+                f"for a {h}x{w} latent with patch size {p} ({self.num_frames} history frames), "
+                f"got {tuple(grid.shape)}"
+            )
+        if not grid.is_floating_point():
+            raise TypeError(f"features must be floating point, got {grid.dtype}")
+        pooled = []
+        first_frame = 0
+        for term in self.terms:
+            frames = grid.narrow(0, first_frame, term.num_latent_frames)
+            first_frame += term.num_latent_frames
+            t, gh, gw = _term_grid(term, h, w, self.framepack_compatible)
+            if t * gh * gw == 0:
+                continue
+            window = (term.temporal_stride, term.spatial_stride, term.spatial_stride)
+            # Replicate-pad (clamp) every axis to whole windows over the term's token grid, then average.
+            index = [
+                torch.arange(n * k, device=grid.device).clamp_(max=size - 1)
+                for n, k, size in zip((t, gh, gw), window, frames.shape[:3])
+            ]
+            padded = frames[index[0][:, None, None], index[1][None, :, None], index[2][None, None, :]]
+            kt, ks, _ = window
+            blocks = padded.reshape(t, kt, gh, ks, gw, ks, -1)
+            pooled.append(blocks.mean(dim=(1, 3, 5)).reshape(t * gh * gw, -1))
+        if not pooled:
+            return grid.new_empty(0, grid.shape[-1])
+        return torch.cat(pooled)
+
+    def _rope_coordinates(self, grid_shape, frame_indices):
+        frames, rows, cols = grid_shape
+        if frame_indices is None:
+            frame_axis = torch.arange(frames, dtype=torch.float64)
+        else:
+            frame_axis = torch.as_tensor(frame_indices).to(torch.float64)
+            if frame_axis.shape != (frames,):
+                raise ValueError(
+                    f"frame_indices must hold one index per history frame ({frames}), "
+                    f"got shape {tuple(frame_axis.shape)}"
+                )
+        axes = (frame_axis, torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64))
+        return torch.meshgrid(*axes, indexing="ij")
 
     def _check_history(self, history) -> None:
         if not isinstance(history, torch.Tensor):
@@ -162,6 +313,14 @@ class MultiTermMemoryPacker(nn.Module):
             raise ValueError(
                 f"history must have shape {expected} (T = sum of the terms' num_latent_frames), "
                 f"got {tuple(history.shape)}"
+            )
+        if not history.is_floating_point():
+            raise TypeError(f"history must be a floating tensor, got {history.dtype}")
+        weights = [p for p in self.parameters() if p.is_floating_point()]
+        if weights and history.dtype != weights[0].dtype and not torch.is_autocast_enabled(history.device.type):
+            raise ValueError(
+                f"history has dtype {history.dtype} but the packer's weights are {weights[0].dtype}: "
+                f"convert one (history.to({weights[0].dtype}) or packer.to({history.dtype})), or run under autocast"
             )
 
     def forward(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,6 +352,9 @@ class MultiTermMemoryPacker(nn.Module):
         """(B, count, embed_dim) tokens of term `index` from its frames, written into `out` when given."""
         term, proj = self.terms[index], self.projections[index]
         kernel = memory_term_kernel(term)
+        if _floors(term, self.framepack_compatible):  # FramePack's unpadded 1x Conv3d: drop the remainder
+            _, kh, kw = kernel
+            frames = frames[..., : frames.shape[3] // kh * kh, : frames.shape[4] // kw * kw]
         if not _is_plain_conv3d(proj, kernel):  # e.g. a LoRA wrapper or a hooked module: run its own forward
             embedded = proj(_pad_to_kernel(frames, kernel)).flatten(2).transpose(1, 2)
             expected = (frames.shape[0], count, self.embed_dim)
@@ -262,10 +424,7 @@ class MultiTermMemoryPacker(nn.Module):
 
 
 def _check_positive(value, what: str) -> int:
-    value = _check_int(value, what)
-    if value < 1:
-        raise ValueError(f"{what} must be >= 1, got {value}")
-    return value
+    return check_int(value, what, minimum=1)
 
 
 def plan_memory_terms(
@@ -304,7 +463,7 @@ def plan_memory_terms(
     fit, naming the tokens that it needs.
     """
     frames = _check_nonnegative(history_frames, "history_frames")
-    h, w = _check_latent(latent_h, latent_w)
+    h, w = check_latent(latent_h, latent_w)
     budget = _check_nonnegative(token_budget, "token_budget")
     patch = _check_positive(patch_size, "patch_size")
     recent = min(_check_nonnegative(recent_frames, "recent_frames"), frames)
@@ -359,7 +518,4 @@ def plan_memory_terms(
 
 
 def _check_nonnegative(value, what: str) -> int:
-    value = _check_int(value, what)
-    if value < 0:
-        raise ValueError(f"{what} must be >= 0, got {value}")
-    return value
+    return check_int(value, what, minimum=0)

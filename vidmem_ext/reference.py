@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from ._checks import acc_dtype
+
 __all__ = [
     "temporal_momentum_loop",
     "temporal_momentum_matrix",
@@ -19,11 +21,6 @@ __all__ = [
     "dependency_noise",
     "multi_term_memory_pack",
 ]
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Half types accumulate in fp32; fp32 and fp64 stay as they are."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 # --------------------------------------------------------------------------- temporal momentum
@@ -36,9 +33,10 @@ def temporal_momentum_loop(x: torch.Tensor, momentum=0.98, dim: int = 0, initial
     y_t = m * y_{t-1} + (1 - m) * x_t.
 
     `momentum` is a float or a tensor broadcastable to one frame slice
-    (x.select(dim, 0).shape). Half types accumulate in fp32.
+    (x.select(dim, 0).shape). Half types accumulate in fp32. A lane whose momentum is
+    exactly 0 returns x, exactly 1 its first state, bit for bit (docs/errors.md).
     """
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     frames = x.movedim(dim, 0).to(acc)
     m = momentum.to(acc) if isinstance(momentum, torch.Tensor) else momentum
     if frames.shape[0] == 0:
@@ -46,9 +44,25 @@ def temporal_momentum_loop(x: torch.Tensor, momentum=0.98, dim: int = 0, initial
     prev = None if initial is None else initial.to(acc)
     out = []
     for t in range(frames.shape[0]):
-        prev = frames[0] if (t == 0 and prev is None) else m * prev + (1 - m) * frames[t]
+        prev = frames[0] if (t == 0 and prev is None) else _ema_step(m, prev, frames[t])
         out.append(prev)
     return torch.stack(out, 0).movedim(0, dim).to(x.dtype)
+
+
+def _ema_step(m, prev: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """m * prev + (1 - m) * frame, exactly frame where m == 0 and exactly prev where m == 1.
+
+    0 * inf = NaN would otherwise carry a non-finite value through a lane that ignores it.
+    """
+    if not isinstance(m, torch.Tensor):
+        return frame if m == 0 else prev if m == 1 else m * prev + (1 - m) * frame
+    step = m * prev + (1 - m) * frame
+    exact = torch.where(m == 0, frame, prev)
+    use_exact = (m == 0) | (m == 1)
+    if torch.is_grad_enabled() and m.requires_grad:
+        # Keep the formula (and so its d/dm) wherever it already equals the exact value.
+        use_exact = use_exact & (step != exact)
+    return torch.where(use_exact, exact, step)
 
 
 def momentum_matrix(num_frames: int, momentum, dtype=torch.float64, device=None) -> torch.Tensor:
@@ -66,7 +80,7 @@ def temporal_momentum_matrix(x: torch.Tensor, momentum=0.98, dim: int = 0, initi
     diagonal and returns x' unchanged; the contraction meant is "g f, f ... -> g ...".
     A momentum tensor gives one U per frame-slice element.
     """
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     frames = x.movedim(dim, 0).to(acc)  # (F, ...)
     n = frames.shape[0]
     if n == 0:
@@ -113,7 +127,35 @@ def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i
     prev: (B, ...); candidates: (R, B, ...). Returns (frame (B, ...), alpha (B,), index (B,) int64).
     Half inputs are computed in fp32; the frame has prev's dtype.
     """
-    acc = _acc_dtype(prev.dtype)
+    acc = acc_dtype(prev.dtype)
+    if acc != torch.float64 and prev.shape[0] and prev[0].numel():
+        # Where fp32 statistics overflow (prev above about 84) the kernels search in double, so do we:
+        # those batch items come from the fp64 computation (docs/errors.md).
+        p64 = prev.to(torch.float64).reshape(prev.shape[0], -1)
+        c64 = candidates.to(torch.float64).reshape(candidates.shape[0], prev.shape[0], -1)
+        w = p64.exp()
+        stats = torch.cat([(w * p64).mean(1, keepdim=True), (w * c64).mean(2).T], 1)
+        big = torch.finfo(torch.float32).max
+        wide = (stats.isfinite() & (stats.abs() > big)).any(1)
+        # This literal form also overflows elementwise (exp(p) (p - n) over p, the candidates and the
+        # compositions, each at most 2|p| + |n| in size), before any mean does.
+        terms = w * (2 * p64.abs() + c64.abs().amax(0))
+        wide |= (terms.isfinite() & (terms > big / 2)).any(1)
+        if wide.any():
+            frame64, alpha64, index64 = dependency_noise_step(
+                prev.to(torch.float64), candidates.to(torch.float64), lambda_i, linear_search_times
+            )
+            frame, alpha, index = _dependency_noise_step_in(acc, prev, candidates, lambda_i, linear_search_times)
+            item = wide.reshape(-1, *([1] * (prev.dim() - 1)))
+            return (
+                torch.where(item, frame64.to(prev.dtype), frame),
+                torch.where(wide, alpha64.to(acc), alpha),
+                torch.where(wide, index64, index),
+            )
+    return _dependency_noise_step_in(acc, prev, candidates, lambda_i, linear_search_times)
+
+
+def _dependency_noise_step_in(acc, prev, candidates, lambda_i, linear_search_times):
     p = prev.to(acc)
     cands = candidates.to(acc)
     batch = p.shape[0]
@@ -160,7 +202,7 @@ def dependency_noise(
     """
     shape = list(shape)
     dtype = dtype or torch.get_default_dtype()
-    acc = _acc_dtype(dtype)
+    acc = acc_dtype(dtype)
     frame_dim = frame_dim % len(shape)
     num_frames = shape[frame_dim]
     frame_shape = shape[:frame_dim] + shape[frame_dim + 1 :]
@@ -193,9 +235,9 @@ def multi_term_memory_pack(history: torch.Tensor, terms, weights, biases=None):
     column; positions (N, 3) float32: each token's kernel-window centre (frame, row, column),
     frames counted from the start of history).
     """
-    from .token_budget import MemoryTerm, _validate
+    from .token_budget import MemoryTerm, validate_term
 
-    terms = [MemoryTerm(*_validate(term, f"terms[{i}]")) for i, term in enumerate(terms)]
+    terms = [MemoryTerm(*validate_term(term, f"terms[{i}]")) for i, term in enumerate(terms)]
     biases = [None] * len(terms) if biases is None else biases
     batch, _, _, height, width = history.shape
     tokens, positions = [], []

@@ -1,11 +1,27 @@
-// Macros shared by the C++ CPU kernels and the CUDA kernels.
-// No torch headers here: nvcc compiles the .cu files that include this file
-// on machines whose torch has no CUDA.
+// Macros shared by the C++ CPU kernels and the CUDA kernels. No torch headers here: nvcc
+// compiles the .cu files that include this file on machines whose torch has no CUDA.
 #pragma once
 
+// Forced inline on the host: the CPU kernels' vector loops call small functions per element,
+// and a call would stop the compiler from vectorising them.
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define VIDMEM_ALWAYS_INLINE __forceinline__
+#elif defined(__GNUC__)
+#define VIDMEM_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define VIDMEM_ALWAYS_INLINE inline
+#endif
+
+// A function of the math shared by the CPU and the GPU (one definition, the same rounding).
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define VIDMEM_HD __host__ __device__ __forceinline__
-#define VIDMEM_DEVICE_CODE 1
 #else
-#define VIDMEM_HD inline
+#define VIDMEM_HD VIDMEM_ALWAYS_INLINE
+#endif
+
+// `#pragma unroll` for the device pass only (the host compilers do not all know the pragma).
+#if defined(__CUDA_ARCH__)
+#define VIDMEM_UNROLL _Pragma("unroll")
+#else
+#define VIDMEM_UNROLL
 #endif

@@ -19,14 +19,6 @@
 
 #include "common/macros.h"
 
-// Like VIDMEM_HD, but also forced inline on the host: the CPU kernels' vector loops call these
-// per element, and a call would stop the compiler from vectorising them.
-#if defined(__CUDACC__) || defined(__HIPCC__) || !defined(__GNUC__)
-#define VIDMEM_HD_INLINE VIDMEM_HD
-#else
-#define VIDMEM_HD_INLINE inline __attribute__((always_inline))
-#endif
-
 namespace vidmem {
 
 // ----------------------------------------------------------------------------- Philox4x32-10
@@ -35,7 +27,7 @@ struct PhiloxCounter {
   uint32_t x[4];
 };
 
-VIDMEM_HD_INLINE void philox_mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
+VIDMEM_HD void philox_mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
 #if defined(__CUDA_ARCH__)
   hi = __umulhi(a, b);
   lo = a * b;
@@ -47,13 +39,11 @@ VIDMEM_HD_INLINE void philox_mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint3
 }
 
 // Ten rounds of the Philox4x32 bijection of `counter` under key (key0, key1).
-VIDMEM_HD_INLINE PhiloxCounter philox4x32_10(PhiloxCounter counter, uint32_t key0, uint32_t key1) {
+VIDMEM_HD PhiloxCounter philox4x32_10(PhiloxCounter counter, uint32_t key0, uint32_t key1) {
   constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;  // round multipliers
   constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;  // key schedule (golden ratio, sqrt(3) - 1)
   uint32_t c0 = counter.x[0], c1 = counter.x[1], c2 = counter.x[2], c3 = counter.x[3];
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
+VIDMEM_UNROLL
   for (int round = 0; round < 10; ++round) {
     uint32_t hi0, lo0, hi1, lo1;
     philox_mulhilo(kMul0, c0, hi0, lo0);
@@ -71,7 +61,7 @@ VIDMEM_HD_INLINE PhiloxCounter philox4x32_10(PhiloxCounter counter, uint32_t key
 
 // ----------------------------------------------------------------------------- bit casts
 
-VIDMEM_HD_INLINE uint32_t float_to_bits(float value) {
+VIDMEM_HD uint32_t float_to_bits(float value) {
 #if defined(__CUDA_ARCH__)
   return __float_as_uint(value);
 #else
@@ -81,7 +71,7 @@ VIDMEM_HD_INLINE uint32_t float_to_bits(float value) {
 #endif
 }
 
-VIDMEM_HD_INLINE float bits_to_float(uint32_t bits) {
+VIDMEM_HD float bits_to_float(uint32_t bits) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(bits);
 #else
@@ -93,7 +83,7 @@ VIDMEM_HD_INLINE float bits_to_float(uint32_t bits) {
 
 // cond ? first : second, as bit operations: the CPU compiler (which must keep floating-point
 // exceptions exact) will not turn a float ?: into a vector blend, but it will vectorise this.
-VIDMEM_HD_INLINE float select_float(bool cond, float first, float second) {
+VIDMEM_HD float select_float(bool cond, float first, float second) {
   const uint32_t mask = 0u - static_cast<uint32_t>(cond);
   return bits_to_float((float_to_bits(first) & mask) | (float_to_bits(second) & ~mask));
 }
@@ -102,42 +92,42 @@ VIDMEM_HD_INLINE float select_float(bool cond, float first, float second) {
 // a * b + c into one fused multiply-add (one rounding), which x86 CPU code built without FMA never
 // does: with every operation rounded separately the GPU computes the same bits as the CPU, so the
 // same seed gives the same search decisions (and the same noise) on both.
-VIDMEM_HD_INLINE float mul_rn(float a, float b) {
+VIDMEM_HD float mul_rn(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fmul_rn(a, b);
 #else
   return a * b;
 #endif
 }
-VIDMEM_HD_INLINE float add_rn(float a, float b) {
+VIDMEM_HD float add_rn(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fadd_rn(a, b);
 #else
   return a + b;
 #endif
 }
-VIDMEM_HD_INLINE float sub_rn(float a, float b) {
+VIDMEM_HD float sub_rn(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fsub_rn(a, b);
 #else
   return a - b;
 #endif
 }
-VIDMEM_HD_INLINE double mul_rn(double a, double b) {
+VIDMEM_HD double mul_rn(double a, double b) {
 #if defined(__CUDA_ARCH__)
   return __dmul_rn(a, b);
 #else
   return a * b;
 #endif
 }
-VIDMEM_HD_INLINE double add_rn(double a, double b) {
+VIDMEM_HD double add_rn(double a, double b) {
 #if defined(__CUDA_ARCH__)
   return __dadd_rn(a, b);
 #else
   return a + b;
 #endif
 }
-VIDMEM_HD_INLINE double sub_rn(double a, double b) {
+VIDMEM_HD double sub_rn(double a, double b) {
 #if defined(__CUDA_ARCH__)
   return __dsub_rn(a, b);
 #else
@@ -147,7 +137,7 @@ VIDMEM_HD_INLINE double sub_rn(double a, double b) {
 
 // Round to the nearest integer (ties to even) for |x| < 2^22, without a libm
 // call: adding and subtracting 1.5 * 2^23 leaves no fractional bits.
-VIDMEM_HD_INLINE float round_small_float(float x) {
+VIDMEM_HD float round_small_float(float x) {
   constexpr float kShifter = 12582912.0f;
   return sub_rn(add_rn(x, kShifter), kShifter);
 }
@@ -157,7 +147,7 @@ VIDMEM_HD_INLINE float round_small_float(float x) {
 // log(u) for u in [2^-126, 1] (normal, positive; the only inputs the transform makes).
 // u = m * 2^e with m in [sqrt(1/2), sqrt(2)); log(m) = x - x^2/2 + x^3 P(x) for x = m - 1
 // (a minimax polynomial as in Cephes' logf); log(2) is split in two so e * log(2) stays exact.
-VIDMEM_HD_INLINE float log_unit_float(float u) {
+VIDMEM_HD float log_unit_float(float u) {
   const uint32_t bits = float_to_bits(u);
   const uint32_t mantissa = bits & 0x007FFFFFu;
   const uint32_t below = mantissa < 0x003504F3u ? 1u : 0u;  // mantissa of sqrt(1/2): m < sqrt(1/2) -> use 2m
@@ -169,9 +159,7 @@ VIDMEM_HD_INLINE float log_unit_float(float u) {
                               -1.2420140846e-1f, 1.4249322787e-1f,  -1.6668057665e-1f,
                               2.0000714765e-1f,  -2.4999993993e-1f, 3.3333331174e-1f};
   float poly = kPoly[0];
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
+VIDMEM_UNROLL
   for (int i = 1; i < 9; ++i) poly = add_rn(mul_rn(poly, x), kPoly[i]);
   const float e = static_cast<float>(exponent);
   float y = mul_rn(mul_rn(poly, x), z);
@@ -182,7 +170,7 @@ VIDMEM_HD_INLINE float log_unit_float(float u) {
 
 // cos(2 pi t) and sin(2 pi t) for t in [0, 1]: whole quarter turns are taken out
 // exactly (4 t is exact), the rest is an angle in [-pi/4, pi/4] for the polynomials.
-VIDMEM_HD_INLINE void sincos_turns_float(float t, float& cos_out, float& sin_out) {
+VIDMEM_HD void sincos_turns_float(float t, float& cos_out, float& sin_out) {
   const float quarters = mul_rn(4.0f, t);
   const float whole = round_small_float(quarters);
   const float x = mul_rn(sub_rn(quarters, whole), 1.57079632679489662f);
@@ -205,12 +193,10 @@ VIDMEM_HD_INLINE void sincos_turns_float(float t, float& cos_out, float& sin_out
 // sqrt(t) for t = 0 or t in [1e-8, 2^100]: the reciprocal square root from the exponent-halving bit
 // trick, three Newton steps and a final correction (within 1 ulp of sqrtf). Not sqrtf itself: without
 // -fno-math-errno its errno branch keeps the CPU compiler from vectorising the transform.
-VIDMEM_HD_INLINE float sqrt_nonnegative_float(float t) {
+VIDMEM_HD float sqrt_nonnegative_float(float t) {
   float y = bits_to_float(0x5F375A86u - (float_to_bits(t) >> 1));  // ~ 1 / sqrt(t), within 4%
   const float half_t = mul_rn(0.5f, t);
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
+VIDMEM_UNROLL
   for (int i = 0; i < 3; ++i) y = mul_rn(y, sub_rn(1.5f, mul_rn(mul_rn(half_t, y), y)));
   const float r = mul_rn(t, y);  // 0 at t = 0
   return add_rn(r, mul_rn(mul_rn(0.5f, y), sub_rn(t, mul_rn(r, r))));  // one correction on the root itself
@@ -219,7 +205,7 @@ VIDMEM_HD_INLINE float sqrt_nonnegative_float(float t) {
 // ----------------------------------------------------------------------------- words -> normals
 
 // Box-Muller on two words: r = sqrt(-2 log u1), angle 2 pi u2.
-VIDMEM_HD_INLINE void box_muller(uint32_t word1, uint32_t word2, float& n1, float& n2) {
+VIDMEM_HD void box_muller(uint32_t word1, uint32_t word2, float& n1, float& n2) {
   constexpr float kInv24 = 1.0f / 16777216.0f;
   const float u1 = mul_rn(static_cast<float>((word1 >> 8) + 1u), kInv24);  // (0, 1], exact
   const float u2 = mul_rn(static_cast<float>((word2 >> 8) + 1u), kInv24);
@@ -230,7 +216,7 @@ VIDMEM_HD_INLINE void box_muller(uint32_t word1, uint32_t word2, float& n1, floa
   n2 = mul_rn(radius, s);
 }
 
-VIDMEM_HD_INLINE void box_muller(uint32_t word1, uint32_t word2, double& n1, double& n2) {
+VIDMEM_HD void box_muller(uint32_t word1, uint32_t word2, double& n1, double& n2) {
   constexpr double kInv32 = 1.0 / 4294967296.0;
   // libm here and CUDA's double functions agree to about 1e-16, not to the bit.
   const double u1 = mul_rn(static_cast<double>(word1) + 1.0, kInv32);  // (0, 1], exact
@@ -258,21 +244,21 @@ struct NormalStream {
   uint64_t position;    // offset + 2 * frame + purpose
   uint32_t batch;
 
-  VIDMEM_HD_INLINE PhiloxCounter counter(uint64_t group_index) const {
+  VIDMEM_HD PhiloxCounter counter(uint64_t group_index) const {
     return PhiloxCounter{{static_cast<uint32_t>(position), static_cast<uint32_t>(position >> 32),
                           static_cast<uint32_t>(group_index), batch}};
   }
 
   // The four normals of counter group `group_index` (elements 4 * group_index .. + 3).
   template <typename acc_t>
-  VIDMEM_HD_INLINE void group(uint64_t group_index, acc_t out[4]) const {
+  VIDMEM_HD void group(uint64_t group_index, acc_t out[4]) const {
     const PhiloxCounter words = philox4x32_10(counter(group_index), key0, key1);
     box_muller(words.x[0], words.x[1], out[0], out[1]);
     box_muller(words.x[2], words.x[3], out[2], out[3]);
   }
 
   template <typename acc_t>
-  VIDMEM_HD_INLINE acc_t at(uint64_t index) const {
+  VIDMEM_HD acc_t at(uint64_t index) const {
     acc_t four[4];
     group<acc_t>(index / 4, four);
     return four[index % 4];
@@ -285,7 +271,7 @@ enum NoisePurpose : uint32_t {
   kCandidateStatistics = 1,  // the R candidate statistics S_k of every later frame (standardised)
 };
 
-VIDMEM_HD_INLINE NormalStream make_normal_stream(uint64_t seed, uint64_t offset, int64_t batch, uint32_t purpose,
+VIDMEM_HD NormalStream make_normal_stream(uint64_t seed, uint64_t offset, int64_t batch, uint32_t purpose,
                                                  int64_t frame) {
   return NormalStream{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
                       offset + 2 * static_cast<uint64_t>(frame) + purpose, static_cast<uint32_t>(batch)};

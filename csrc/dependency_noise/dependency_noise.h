@@ -1,4 +1,4 @@
-// Dependency noise (SEMANTICS.md section 2): the per-element and scalar math
+// Dependency noise (docs/semantics.md, "Dependency noise"): the per-element and scalar math
 // shared by the CPU kernels (csrc/dependency_noise/dependency_noise_cpu.cpp) and the CUDA
 // kernels (csrc/dependency_noise/dependency_noise.cu). No torch headers here.
 //
@@ -12,7 +12,9 @@
 // and writes sqrt(a) p + sqrt(1 - a) n* (compose_conditioned).
 #pragma once
 
+#include <cfloat>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 #include "common/philox.h"
@@ -24,7 +26,7 @@ namespace vidmem {
 // (1 ulp on [-87, 88] against libm; the argument is clamped there, so it never
 // overflows to inf and never returns a denormal) that vectorises on the CPU and
 // gives the same bits on the GPU (every operation rounded on its own).
-VIDMEM_HD_INLINE float exp_acc(float x) {
+VIDMEM_HD float exp_acc(float x) {
   x = select_float(x < -87.0f, -87.0f, x);
   x = select_float(x > 88.0f, 88.0f, x);
   const float whole = round_small_float(mul_rn(x, 1.44269504088896341f));  // x = whole log(2) + r, |r| <= log(2)/2
@@ -33,16 +35,27 @@ VIDMEM_HD_INLINE float exp_acc(float x) {
   constexpr float kPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
                               4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
   float poly = kPoly[0];
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
+  VIDMEM_UNROLL
   for (int i = 1; i < 6; ++i) poly = add_rn(mul_rn(poly, r), kPoly[i]);
   const float y = add_rn(add_rn(mul_rn(poly, mul_rn(r, r)), r), 1.0f);
   const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int>(whole) + 127) << 23);  // 2^whole
   return mul_rn(y, scale);
 }
 
-VIDMEM_HD_INLINE double exp_acc(double x) { return std::exp(x); }  // libm / CUDA: equal to ~1e-16
+VIDMEM_HD double exp_acc(double x) { return std::exp(x); }  // libm / CUDA: equal to ~1e-16
+
+// One term w(p) v = exp(p) v of the step op's statistics, in double. fp64 rounds the product in
+// double as always. fp32 (and half types) take the float product where it is accurate (p inside
+// exp_acc's range and a finite product), so that CPU and GPU round alike; beyond, exp and the
+// product run in double: float's exp would clamp at 88 or overflow and silently pick other
+// candidates than fp64 would (docs/errors.md).
+VIDMEM_HD double weighted_term(double p, double v) { return mul_rn(exp_acc(p), v); }
+
+VIDMEM_HD double weighted_term(float p, float v) {
+  const float product = mul_rn(exp_acc(p), v);
+  if (p >= -87.0f && p <= 88.0f && std::fabs(product) <= FLT_MAX) return static_cast<double>(product);
+  return mul_rn(std::exp(static_cast<double>(p)), static_cast<double>(v));
+}
 
 // ----------------------------------------------------------------------------- the scalar search
 
@@ -54,7 +67,7 @@ struct SearchResult {
 };
 
 // The random search over R candidates (statistic(k) = S_k) followed by the line
-// search on alpha, exactly as SEMANTICS.md section 2 reads, on the sufficient
+// search on alpha, exactly as docs/semantics.md ("Dependency noise") reads, on the sufficient
 // statistics. One function for the step op and the generator, CPU and GPU.
 // NaN errors never win (every comparison with NaN is false), as in the literal
 // transcription: if every error is NaN, candidate 0 is chosen and alpha stays 0.
@@ -92,6 +105,31 @@ VIDMEM_HD SearchResult<acc_t> dependency_noise_search(acc_t mean_wp, int64_t num
   return SearchResult<acc_t>{index, best, chosen};
 }
 
+// Whether a finite double statistic overflows the accumulation type (never for double).
+template <typename acc_t>
+VIDMEM_HD bool overflows_acc(double value) {
+  return sizeof(acc_t) < sizeof(double) && std::fabs(value) > static_cast<double>(FLT_MAX) &&
+         std::fabs(value) <= DBL_MAX;
+}
+
+// The search on the statistics' double means: A = mean_wp, S_k = candidate_mean(k). In the
+// accumulation type as always, unless a float accumulation cannot hold them (prev above about
+// 84): then in double, so that fp32 chooses what fp64 chooses; alpha is rounded to float after.
+template <typename acc_t, typename MeanFn>
+VIDMEM_HD SearchResult<acc_t> search_on_means(double mean_wp, int64_t num_candidates, MeanFn candidate_mean,
+                                              acc_t lambda, int64_t linear_search_times) {
+  bool wide = overflows_acc<acc_t>(mean_wp);
+  for (int64_t k = 0; k < num_candidates && !wide; ++k) wide = overflows_acc<acc_t>(candidate_mean(k));
+  if (!wide) {
+    const auto narrow = [&](int64_t k) { return static_cast<acc_t>(candidate_mean(k)); };
+    return dependency_noise_search<acc_t>(static_cast<acc_t>(mean_wp), num_candidates, narrow, lambda,
+                                          linear_search_times);
+  }
+  const SearchResult<double> found = dependency_noise_search<double>(mean_wp, num_candidates, candidate_mean,
+                                                                     static_cast<double>(lambda), linear_search_times);
+  return SearchResult<acc_t>{found.index, static_cast<acc_t>(found.alpha), static_cast<acc_t>(found.statistic)};
+}
+
 // ----------------------------------------------------------------------------- composing the next frame
 
 // What one batch item's next frame needs: frame = sqrt_alpha p + sqrt_one_minus_alpha (n' + w correction).
@@ -112,13 +150,13 @@ struct FrameSums {
   double weighted_normal;  // sum w n'  (n' of the next frame)
 
   template <typename acc_t>
-  VIDMEM_HD_INLINE void add(acc_t value, acc_t next_normal) {
+  VIDMEM_HD void add(acc_t value, acc_t next_normal) {
     const acc_t w = exp_acc(value);
     weighted_value = add_rn(weighted_value, static_cast<double>(mul_rn(w, value)));
     weight_squared = add_rn(weight_squared, static_cast<double>(mul_rn(w, w)));
     weighted_normal = add_rn(weighted_normal, static_cast<double>(mul_rn(w, next_normal)));
   }
-  VIDMEM_HD_INLINE void add(const FrameSums& other) {
+  VIDMEM_HD void add(const FrameSums& other) {
     weighted_value = add_rn(weighted_value, other.weighted_value);
     weight_squared = add_rn(weight_squared, other.weight_squared);
     weighted_normal = add_rn(weighted_normal, other.weighted_normal);
@@ -150,20 +188,63 @@ VIDMEM_HD ComposeParams<acc_t> generator_search(const FrameSums& sums, int64_t f
 
 // One element of the next frame from the previous frame's value p and the unconditioned normal n'.
 template <typename acc_t>
-VIDMEM_HD_INLINE acc_t compose_conditioned(acc_t prev, acc_t normal, const ComposeParams<acc_t>& params) {
+VIDMEM_HD acc_t compose_conditioned(acc_t prev, acc_t normal, const ComposeParams<acc_t>& params) {
   const acc_t conditioned = add_rn(normal, mul_rn(exp_acc(prev), params.correction));
   return add_rn(mul_rn(params.sqrt_alpha, prev), mul_rn(params.sqrt_one_minus_alpha, conditioned));
 }
 
 // One element of the step op's frame: sqrt(a) p + sqrt(1 - a) n_index.
 template <typename acc_t>
-VIDMEM_HD_INLINE acc_t compose_plain(acc_t prev, acc_t candidate, acc_t sqrt_alpha, acc_t sqrt_one_minus_alpha) {
+VIDMEM_HD acc_t compose_plain(acc_t prev, acc_t candidate, acc_t sqrt_alpha, acc_t sqrt_one_minus_alpha) {
   return add_rn(mul_rn(sqrt_alpha, prev), mul_rn(sqrt_one_minus_alpha, candidate));
 }
+
+// ----------------------------------------------------------------------------- CUDA call parameters
+//
+// One struct per kernel family, filled once by the glue (dependency_noise_cuda_ops.h): the
+// operands, the plan that plan_fill / plan_step (dependency_noise.cu) choose, and the workspace
+// the glue allocates for it. Pointers are untyped: the kernels cast them to the storage type
+// (alphas and the workspace's coefficients hold the accumulation type).
+
+// The fused generator on a contiguous out viewed as (batch, pre, frames, post).
+struct FillParams {
+  void* out;
+  int64_t batch, pre, frames, post;
+  double lambda;
+  int64_t random_search_times, linear_search_times;
+  uint64_t seed, offset;
+  void* alphas;  // (batch, frames); frame 0 must be zero on entry
+  // The plan: blocks (chunk, batch item) write `chunk` elements of one frame each.
+  int64_t chunk, chunks;  // elements per block, blocks per frame and batch item
+  int64_t grid_y;         // blocks along the batch (the kernel loops over the rest)
+  size_t coefficients_offset, counters_offset, workspace_bytes;  // in the workspace, after the partial sums
+  void* workspace;
+};
+
+// The step op on contiguous prev (batch, numel) and candidates (R, batch, numel).
+struct StepParams {
+  const void* prev;
+  const void* candidates;
+  void* frame;     // (batch, numel), prev's dtype
+  void* alpha;     // (batch,), the accumulation type
+  int64_t* index;  // (batch,)
+  int64_t batch, numel, num_candidates;
+  double lambda;
+  int64_t linear_search_times;
+  // The plan: statistics blocks (chunk, batch item) sum `chunk` elements each.
+  int64_t chunk, chunks, grid_y;
+  size_t coefficients_offset, workspace_bytes;  // in the workspace, after the partial sums
+  void* workspace;
+};
 
 // What the stream layout addresses: the Philox group index (element / 4) and the batch
 // item are one 32-bit counter word each.
 constexpr int64_t kMaxFrameNumel = int64_t(4) * (int64_t(1) << 32);
 constexpr int64_t kMaxBatch = int64_t(1) << 32;
+
+// Upper bounds of the search counts (vidmem_ext/noise.py holds the same numbers; docs/errors.md):
+// far above any sensible use, low enough that one call stays bounded in time.
+constexpr int64_t kMaxRandomSearchTimes = int64_t(1) << 20;
+constexpr int64_t kMaxLinearSearchTimes = int64_t(1) << 16;
 
 }  // namespace vidmem

@@ -1,4 +1,4 @@
-// CPU kernels of dependency noise (SEMANTICS.md section 2):
+// CPU kernels of dependency noise (docs/semantics.md, "Dependency noise"):
 //   dependency_noise_step   the deterministic core on given candidates (statistics pass, search, write pass);
 //   dependency_noise_fill_  the fused generator (one pass per frame, candidates never drawn).
 // The math is in dependency_noise.h and csrc/common/philox.h, shared with the CUDA kernels.
@@ -16,16 +16,16 @@
 #include <cstdlib>
 #include <vector>
 
+#include "common/dtype.h"
+#include "common/macros.h"
 #include "dependency_noise/dependency_noise.h"
 #include "dependency_noise/dependency_noise_host.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define VIDMEM_NOISE_AVX2 1
 #include <immintrin.h>
-#define VIDMEM_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
 #define VIDMEM_NOISE_AVX2 0
-#define VIDMEM_ALWAYS_INLINE inline
 #endif
 
 namespace vidmem {
@@ -54,8 +54,7 @@ struct FrameLayout {
   int64_t frame_numel() const { return pre * post; }
 };
 
-FrameLayout frame_layout(const at::Tensor& out, int64_t frame_dim) {
-  const NoiseOutShape shape = noise_out_shape(out, frame_dim);
+FrameLayout frame_layout(const NoiseOutShape& shape) {
   FrameLayout layout{};
   layout.batch = shape.batch;
   layout.pre = shape.pre;
@@ -274,8 +273,9 @@ FrameSums fill_chunk_portable(const FillChunk<scalar_t, acc_t>& job) {
 }
 
 #if VIDMEM_NOISE_AVX2
-// The same code compiled for AVX2 (8 float lanes): chosen at run time when the CPU has it. The build
-// does not contract multiply-adds (ISO C++ mode), so both versions give the same bits.
+// The same code compiled for AVX2 (8 float lanes): chosen at run time when the CPU has it. setup.py
+// builds with -ffp-contract=off (g++ would otherwise fuse multiply-adds into FMAs on any target with
+// FMA), so both versions, and the CUDA kernels, give the same bits (tests/test_fp_contract.py).
 template <typename scalar_t, typename acc_t>
 __attribute__((target("avx2"))) FrameSums fill_chunk_avx2(const FillChunk<scalar_t, acc_t>& job) {
   return fill_chunk_body<true>(job);
@@ -342,23 +342,18 @@ void fill_frames(scalar_t* data, const FrameLayout& layout, acc_t* alphas, acc_t
 
 at::Tensor dependency_noise_fill_cpu(at::Tensor& out, double lambda_i, int64_t random_search_times,
                                      int64_t linear_search_times, int64_t frame_dim, int64_t seed, int64_t offset) {
-  frame_dim = check_fill_args(out, lambda_i, random_search_times, linear_search_times, frame_dim);
-  const at::ScalarType acc_type = noise_acc_dtype(out.scalar_type());
-  at::Tensor alphas = at::zeros({out.size(0), out.size(frame_dim)}, out.options().dtype(acc_type));
-  if (out.numel() == 0) return alphas;
-
-  at::Tensor work = out.is_contiguous() ? out : at::empty(out.sizes(), out.options());
-  const FrameLayout layout = frame_layout(work, frame_dim);
-  AT_DISPATCH_SWITCH(work.scalar_type(), "dependency_noise_fill_cpu",
-                     AT_DISPATCH_CASE_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, [&] {
-                       using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-                       fill_frames<scalar_t, acc_t>(work.data_ptr<scalar_t>(), layout, alphas.data_ptr<acc_t>(),
-                                                    static_cast<acc_t>(lambda_i), random_search_times,
-                                                    linear_search_times, static_cast<uint64_t>(seed),
-                                                    static_cast<uint64_t>(offset));
-                     }));
-  if (!work.is_same(out)) out.copy_(work);
-  return alphas;
+  return run_fill(out, lambda_i, random_search_times, linear_search_times, frame_dim,
+                  [&](at::Tensor& work, const NoiseOutShape& shape, at::Tensor& alphas) {
+                    const FrameLayout layout = frame_layout(shape);
+                    AT_DISPATCH_SWITCH(work.scalar_type(), "dependency_noise_fill_cpu",
+                                       AT_DISPATCH_CASE_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, [&] {
+                                         using acc_t = acc_type<scalar_t>;
+                                         fill_frames<scalar_t, acc_t>(
+                                             work.data_ptr<scalar_t>(), layout, alphas.data_ptr<acc_t>(),
+                                             static_cast<acc_t>(lambda_i), random_search_times, linear_search_times,
+                                             static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
+                                       }));
+                  });
 }
 
 // ----------------------------------------------------------------------------- step op on given candidates
@@ -384,13 +379,13 @@ void step_frames(const scalar_t* prev, const scalar_t* candidates, scalar_t* fra
       const scalar_t* p = prev + b * numel;
       for (int64_t e = e_begin; e < e_end; ++e) {
         const acc_t value = static_cast<acc_t>(p[e]);
-        sums[0] += static_cast<double>(exp_acc(value) * value);
+        sums[0] += weighted_term(value, value);
       }
       for (int64_t k = 0; k < num_candidates; ++k) {
         const scalar_t* n = candidates + k * candidate_stride + b * numel;
         double s = 0.0;
         for (int64_t e = e_begin; e < e_end; ++e) {
-          s += static_cast<double>(exp_acc(static_cast<acc_t>(p[e])) * static_cast<acc_t>(n[e]));
+          s += weighted_term(static_cast<acc_t>(p[e]), static_cast<acc_t>(n[e]));
         }
         sums[1 + k] = s;
       }
@@ -400,7 +395,7 @@ void step_frames(const scalar_t* prev, const scalar_t* candidates, scalar_t* fra
   // The search per batch item, on chunk sums added in chunk order.
   std::vector<acc_t> sqrt_alpha(static_cast<size_t>(batch)), sqrt_rest(static_cast<size_t>(batch));
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> statistic(static_cast<size_t>(num_candidates));
+    std::vector<double> statistic(static_cast<size_t>(num_candidates));
     for (int64_t b = begin; b < end; ++b) {
       const double* sums = partial.data() + b * chunks * stats;
       double total_wp = 0.0;
@@ -408,12 +403,12 @@ void step_frames(const scalar_t* prev, const scalar_t* candidates, scalar_t* fra
       for (int64_t k = 0; k < num_candidates; ++k) {
         double total = 0.0;
         for (int64_t c = 0; c < chunks; ++c) total += sums[c * stats + 1 + k];
-        statistic[static_cast<size_t>(k)] = static_cast<acc_t>(total / static_cast<double>(numel));
+        statistic[static_cast<size_t>(k)] = total / static_cast<double>(numel);
       }
-      const acc_t mean_wp = static_cast<acc_t>(total_wp / static_cast<double>(numel));
+      const double mean_wp = total_wp / static_cast<double>(numel);
       const auto candidate_statistic = [&](int64_t k) { return statistic[static_cast<size_t>(k)]; };
       const SearchResult<acc_t> found =
-          dependency_noise_search<acc_t>(mean_wp, num_candidates, candidate_statistic, lambda, linear_search_times);
+          search_on_means<acc_t>(mean_wp, num_candidates, candidate_statistic, lambda, linear_search_times);
       alpha_out[b] = found.alpha;
       index_out[b] = found.index;
       sqrt_alpha[static_cast<size_t>(b)] = std::sqrt(found.alpha);
@@ -443,28 +438,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dependency_noise_step_cpu(const a
                                                                          const at::Tensor& candidates,
                                                                          double lambda_i,
                                                                          int64_t linear_search_times) {
-  check_step_args(prev, candidates, lambda_i, linear_search_times);
-  const at::ScalarType dtype = prev.scalar_type();
-  const at::ScalarType acc_type = noise_acc_dtype(dtype);
-  const int64_t batch = prev.size(0);
-  const int64_t numel = batch == 0 ? 0 : prev.numel() / batch;
-  const int64_t num_candidates = candidates.size(0);
-
-  const at::Tensor p = prev.contiguous();
-  const at::Tensor n = candidates.contiguous();
-  at::Tensor frame = at::empty_like(p);
-  at::Tensor alpha = at::empty({batch}, prev.options().dtype(acc_type));
-  at::Tensor index = at::empty({batch}, prev.options().dtype(at::kLong));
-  if (batch == 0) return {frame, alpha, index};
-  AT_DISPATCH_SWITCH(dtype, "dependency_noise_step_cpu",
-                     AT_DISPATCH_CASE_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, [&] {
-                       using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-                       step_frames<scalar_t, acc_t>(p.data_ptr<scalar_t>(), n.data_ptr<scalar_t>(),
-                                                    frame.data_ptr<scalar_t>(), alpha.data_ptr<acc_t>(),
-                                                    index.data_ptr<int64_t>(), batch, numel, num_candidates,
-                                                    static_cast<acc_t>(lambda_i), linear_search_times);
-                     }));
-  return {frame, alpha, index};
+  return run_step(prev, candidates, lambda_i, linear_search_times,
+                  [&](const at::Tensor& p, const at::Tensor& n, at::Tensor& frame, at::Tensor& alpha,
+                      at::Tensor& index) {
+                    const int64_t batch = p.size(0);
+                    const int64_t numel = p.numel() / batch;
+                    AT_DISPATCH_SWITCH(p.scalar_type(), "dependency_noise_step_cpu",
+                                       AT_DISPATCH_CASE_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, [&] {
+                                         using acc_t = acc_type<scalar_t>;
+                                         step_frames<scalar_t, acc_t>(
+                                             p.data_ptr<scalar_t>(), n.data_ptr<scalar_t>(),
+                                             frame.data_ptr<scalar_t>(), alpha.data_ptr<acc_t>(),
+                                             index.data_ptr<int64_t>(), batch, numel, n.size(0),
+                                             static_cast<acc_t>(lambda_i), linear_search_times);
+                                       }));
+                  });
 }
 
 }  // namespace vidmem

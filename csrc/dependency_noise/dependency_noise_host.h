@@ -1,61 +1,65 @@
 // Argument checks of the dependency-noise ops, shared by the CPU kernels and the CUDA glue
 // (the ops can be called through torch.ops directly, not only through vidmem_ext/noise.py).
-// Torch headers: include this from .cpp files only, never from .cu files.
+// Errors name the op and raise ValueError / TypeError / IndexError in Python, as the momentum
+// op's do. Torch headers: include this from .cpp files only, never from .cu files.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/Exception.h>
 
 #include <cmath>
+#include <tuple>
 
+#include "common/torch_dtype.h"
 #include "dependency_noise/dependency_noise.h"
 
 namespace vidmem {
 
-inline bool is_noise_dtype(at::ScalarType dtype) {
-  return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16;
-}
-
-inline at::ScalarType noise_acc_dtype(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
-
-inline void check_search_args(double lambda_i, int64_t linear_search_times) {
-  TORCH_CHECK(std::isfinite(lambda_i) && lambda_i >= 0, "lambda_i must be a finite float >= 0, got ", lambda_i);
-  TORCH_CHECK(linear_search_times >= 0, "linear_search_times must be >= 0, got ", linear_search_times);
+inline void check_search_args(const char* op, double lambda_i, int64_t linear_search_times) {
+  TORCH_CHECK_VALUE(std::isfinite(lambda_i) && lambda_i >= 0, op, ": lambda_i must be a finite float >= 0, got ",
+                    lambda_i);
+  TORCH_CHECK_VALUE(0 <= linear_search_times && linear_search_times <= kMaxLinearSearchTimes, op,
+                    ": linear_search_times must be in [0, ", kMaxLinearSearchTimes, "], got ", linear_search_times);
 }
 
 // Checks dependency_noise_fill_'s arguments; returns frame_dim in [1, out.dim()).
 inline int64_t check_fill_args(const at::Tensor& out, double lambda_i, int64_t random_search_times,
                                int64_t linear_search_times, int64_t frame_dim) {
-  check_search_args(lambda_i, linear_search_times);
-  TORCH_CHECK(random_search_times >= 1, "random_search_times must be >= 1, got ", random_search_times);
-  TORCH_CHECK(out.dim() >= 2, "out must have at least 2 dims (batch and frames), got shape ", out.sizes());
-  TORCH_CHECK(-out.dim() <= frame_dim && frame_dim < out.dim() && frame_dim % out.dim() != 0,
-              "frame_dim must index a non-batch axis of out (1..", out.dim() - 1, "), got ", frame_dim);
-  TORCH_CHECK(is_noise_dtype(out.scalar_type()), "out must be float16, bfloat16, float32 or float64, got ",
-              out.scalar_type());
+  constexpr const char* op = "dependency_noise_fill_";
+  check_search_args(op, lambda_i, linear_search_times);
+  TORCH_CHECK_VALUE(1 <= random_search_times && random_search_times <= kMaxRandomSearchTimes, op,
+                    ": random_search_times must be in [1, ", kMaxRandomSearchTimes, "], got ", random_search_times);
+  TORCH_CHECK_VALUE(out.dim() >= 2, op, ": out must have at least 2 dims (batch and frames), got shape ",
+                    out.sizes());
+  TORCH_CHECK_INDEX(-out.dim() <= frame_dim && frame_dim < out.dim(), op, ": frame_dim ", frame_dim,
+                    " is out of range for out with ", out.dim(), " dimensions");
+  TORCH_CHECK_VALUE(frame_dim % out.dim() != 0, op, ": frame_dim must index a non-batch axis of out (1..",
+                    out.dim() - 1, "), got ", frame_dim);
+  to_dtype(out.scalar_type(), "dependency_noise_fill_: out");
   frame_dim = (frame_dim + out.dim()) % out.dim();
   const int64_t frame_numel = out.size(0) == 0 || out.size(frame_dim) == 0
                                   ? 0
                                   : out.numel() / (out.size(0) * out.size(frame_dim));
-  TORCH_CHECK(frame_numel <= kMaxFrameNumel && out.size(0) <= kMaxBatch, "out: frames of ", frame_numel,
-              " elements (at most ", kMaxFrameNumel, ") and a batch of ", out.size(0), " (at most ", kMaxBatch,
-              ") exceed what the Philox stream layout addresses");
+  TORCH_CHECK_VALUE(frame_numel <= kMaxFrameNumel && out.size(0) <= kMaxBatch, op, ": out: frames of ", frame_numel,
+                    " elements (at most ", kMaxFrameNumel, ") and a batch of ", out.size(0), " (at most ", kMaxBatch,
+                    ") exceed what the Philox stream layout addresses");
   return frame_dim;
 }
 
 inline void check_step_args(const at::Tensor& prev, const at::Tensor& candidates, double lambda_i,
                             int64_t linear_search_times) {
-  check_search_args(lambda_i, linear_search_times);
-  TORCH_CHECK(prev.dim() >= 1, "prev must have a batch axis: shape (B, ...)");
-  TORCH_CHECK(candidates.dim() == prev.dim() + 1 && candidates.sizes().slice(1) == prev.sizes(),
-              "candidates must have shape (R, *prev.shape) with prev of shape ", prev.sizes(), ", got ",
-              candidates.sizes());
-  TORCH_CHECK(candidates.size(0) >= 1, "candidates must hold at least one candidate (R >= 1)");
-  TORCH_CHECK(candidates.scalar_type() == prev.scalar_type(), "candidates dtype ", candidates.scalar_type(),
-              " differs from prev dtype ", prev.scalar_type());
-  TORCH_CHECK(candidates.device() == prev.device(), "candidates are on ", candidates.device(), " but prev is on ",
-              prev.device());
-  TORCH_CHECK(is_noise_dtype(prev.scalar_type()), "prev must be float16, bfloat16, float32 or float64, got ",
-              prev.scalar_type());
+  constexpr const char* op = "dependency_noise_step";
+  check_search_args(op, lambda_i, linear_search_times);
+  TORCH_CHECK_VALUE(prev.dim() >= 1, op, ": prev must have a batch axis: shape (B, ...)");
+  TORCH_CHECK_VALUE(candidates.dim() == prev.dim() + 1 && candidates.sizes().slice(1) == prev.sizes(), op,
+                    ": candidates must have shape (R, *prev.shape) with prev of shape ", prev.sizes(), ", got ",
+                    candidates.sizes());
+  TORCH_CHECK_VALUE(candidates.size(0) >= 1, op, ": candidates must hold at least one candidate (R >= 1)");
+  TORCH_CHECK_VALUE(candidates.scalar_type() == prev.scalar_type(), op, ": candidates dtype ",
+                    candidates.scalar_type(), " differs from prev dtype ", prev.scalar_type());
+  TORCH_CHECK_VALUE(candidates.device() == prev.device(), op, ": candidates are on ", candidates.device(),
+                    " but prev is on ", prev.device());
+  to_dtype(prev.scalar_type(), "dependency_noise_step: prev");
 }
 
 // The frame layout of a contiguous out viewed as (batch, pre, frames, post).
@@ -68,6 +72,41 @@ inline NoiseOutShape noise_out_shape(const at::Tensor& out, int64_t frame_dim) {
   for (int64_t d = 1; d < frame_dim; ++d) shape.pre *= out.size(d);
   for (int64_t d = frame_dim + 1; d < out.dim(); ++d) shape.post *= out.size(d);
   return shape;
+}
+
+// The device-independent part of dependency_noise_fill_: checks, the alphas, a contiguous
+// stand-in for a non-contiguous out. `launch(work, shape, alphas)` fills `work` (contiguous, viewed
+// as (batch, pre, frames, post)) and alphas (zero on entry); nothing runs for an empty out.
+template <typename Launch>
+at::Tensor run_fill(at::Tensor& out, double lambda_i, int64_t random_search_times, int64_t linear_search_times,
+                    int64_t frame_dim, Launch&& launch) {
+  frame_dim = check_fill_args(out, lambda_i, random_search_times, linear_search_times, frame_dim);
+  const at::ScalarType acc = acc_scalar_type(out.scalar_type(), "dependency_noise_fill_: out");
+  at::Tensor alphas = at::zeros({out.size(0), out.size(frame_dim)}, out.options().dtype(acc));
+  if (out.numel() == 0) return alphas;
+  at::Tensor work = out.is_contiguous() ? out : at::empty(out.sizes(), out.options());
+  launch(work, noise_out_shape(work, frame_dim), alphas);
+  if (!work.is_same(out)) out.copy_(work);
+  return alphas;
+}
+
+// The same for dependency_noise_step: `launch(prev, candidates, frame, alpha, index)` on contiguous
+// prev (batch, numel) and candidates (R, batch, numel); nothing runs for an empty batch.
+template <typename Launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_step(const at::Tensor& prev, const at::Tensor& candidates,
+                                                        double lambda_i, int64_t linear_search_times,
+                                                        Launch&& launch) {
+  check_step_args(prev, candidates, lambda_i, linear_search_times);
+  const at::ScalarType acc = acc_scalar_type(prev.scalar_type(), "dependency_noise_step: prev");
+  const int64_t batch = prev.size(0);
+  const at::Tensor p = prev.contiguous();
+  const at::Tensor n = candidates.contiguous();
+  at::Tensor frame = at::empty_like(p);
+  at::Tensor alpha = at::empty({batch}, prev.options().dtype(acc));
+  at::Tensor index = at::empty({batch}, prev.options().dtype(at::kLong));
+  if (batch == 0) return {frame, alpha, index};
+  launch(p, n, frame, alpha, index);
+  return {frame, alpha, index};
 }
 
 }  // namespace vidmem

@@ -1,4 +1,4 @@
-// Temporal momentum (SEMANTICS.md section 1): the math and the lane layout shared by the
+// Temporal momentum (docs/semantics.md, "Temporal momentum"): the math and the lane layout shared by the
 // C++ CPU kernel and the CUDA kernels. No torch headers here (nvcc compiles the .cu files
 // that include this file against a CPU-only torch).
 //
@@ -13,15 +13,10 @@
 // smallest stride of the output); when its stride is 1 the kernels vectorize along it.
 #pragma once
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/macros.h"
-
-#if defined(__CUDA_ARCH__)  // device pass only: the host compiler does not know the pragma
-#define VIDMEM_MOMENTUM_UNROLL _Pragma("unroll")
-#else
-#define VIDMEM_MOMENTUM_UNROLL
-#endif
 
 namespace vidmem {
 namespace momentum {
@@ -59,7 +54,7 @@ struct LaneCoords {
 
 VIDMEM_HD LaneCoords lane_coords(const Layout& layout, int64_t lane) {
   LaneCoords c;
-VIDMEM_MOMENTUM_UNROLL
+VIDMEM_UNROLL
   for (int d = kMaxLaneDims - 1; d >= 0; --d) {
     if (d < layout.dims) {
       const int64_t size = layout.size[d];
@@ -81,7 +76,7 @@ VIDMEM_MOMENTUM_UNROLL
 // Element offset of a lane's frame 0 in one operand.
 VIDMEM_HD int64_t lane_offset(const Layout& layout, int op, const LaneCoords& c) {
   int64_t offset = 0;
-VIDMEM_MOMENTUM_UNROLL
+VIDMEM_UNROLL
   for (int d = 0; d < kMaxLaneDims; ++d) {
     if (d < layout.dims) offset += c.index[d] * layout.stride[op][d];
   }
@@ -92,16 +87,28 @@ VIDMEM_HD int64_t inner_stride(const Layout& layout, int op) { return layout.str
 
 // ---------------------------------------------------------------------------- per-element math
 
+// Momentum exactly 0 or 1 is exact (docs/errors.md): m = 0 returns x and m = 1 returns the state
+// bit for bit, so a non-finite value elsewhere in the lane cannot leak in through 0 * inf = NaN.
+// m is constant along a lane, and every output (and every a_t) of a lane comes out of ema_step /
+// ema_reverse_step, so a NaN that a scan of pairs or a chunk carry builds for an m = 0 lane is
+// discarded there. For 0 < m < 1 non-finite values propagate forward as IEEE arithmetic says.
+
 // One forward step: the new state from the previous state and the frame.
 template <typename acc_t>
 VIDMEM_HD acc_t ema_step(acc_t m, acc_t one_minus_m, acc_t prev, acc_t x) {
-  return m * prev + one_minus_m * x;
+  return m == acc_t(0) ? x : (m == acc_t(1) ? prev : m * prev + one_minus_m * x);
 }
 
 // One backward step: a_t from a_{t+1} and dy_t.
 template <typename acc_t>
 VIDMEM_HD acc_t ema_reverse_step(acc_t m, acc_t next, acc_t grad_y) {
-  return grad_y + m * next;
+  return m == acc_t(0) ? grad_y : grad_y + m * next;
+}
+
+// dx_t = (1 - m) a_t; exactly 0 for m = 1 (y_t = y_0 does not depend on x_t), whatever a_t is.
+template <typename acc_t>
+VIDMEM_HD acc_t ema_input_grad(acc_t m, acc_t one_minus_m, acc_t a) {
+  return m == acc_t(1) ? acc_t(0) : one_minus_m * a;
 }
 
 // An affine map state -> decay * state + value. A run of steps composes into one such map,
@@ -111,6 +118,12 @@ struct ScanPair {
   acc_t decay;
   acc_t value;
 };
+
+// The map of one forward step (ema_step as a pair); for m = 1 the value is exactly 0, not 0 * x.
+template <typename acc_t>
+VIDMEM_HD ScanPair<acc_t> ema_pair(acc_t m, acc_t one_minus_m, acc_t x) {
+  return ScanPair<acc_t>{m, m == acc_t(1) ? acc_t(0) : one_minus_m * x};
+}
 
 template <typename acc_t>
 VIDMEM_HD ScanPair<acc_t> scan_identity() {
@@ -180,6 +193,55 @@ VIDMEM_HD acc_t backward_chunk_carry(const acc_t* aggregates, int64_t lanes, int
   }
   return a;
 }
+
+// ---------------------------------------------------------------------------- CUDA call parameters
+//
+// One struct per kernel family, filled once by the glue (temporal_momentum_cuda_ops.h): the
+// operands, the plan that plan_forward / plan_backward (temporal_momentum.cu) choose, and the
+// workspace the glue allocates for it. Pointers are untyped (the kernels cast them to the
+// storage type; momentum, grad_momentum and the workspace hold the accumulation type).
+
+enum class CudaKernel : int {
+  kLanes,          // regime (a): one thread per lane vector walks every frame
+  kLaneChunks,     // regime (b), frame axis strided: thread rows split the frames, chunks split them further
+  kFrameSegments,  // regime (b), frame axis contiguous: a block scans one lane's frames, chunks split them
+};
+
+// What plan_forward / plan_backward choose from the layout, the pointers' alignment and the SM count.
+struct CudaPlan {
+  CudaKernel kernel;
+  int vector;         // elements per memory access: 16 bytes' worth, or 1 when alignment does not allow it
+  int64_t chunk_len;  // frames per chunk
+  int64_t chunks;     // > 1: an aggregate pass runs first and the carries fold the aggregates in order
+  size_t workspace_bytes;
+};
+
+struct ForwardParams {
+  Layout layout;
+  const void* x;
+  void* y;
+  const void* momentum;   // nullptr: momentum_value for every lane
+  double momentum_value;
+  const void* initial;    // nullptr: frame 0 resets (y_0 = x_0)
+  CudaPlan plan;
+  void* workspace;        // plan.workspace_bytes: the chunk aggregates [chunk][lane] when plan.chunks > 1
+};
+
+struct BackwardParams {
+  Layout layout;
+  const void* grad_y;
+  const void* x;  // x and y: read only for the momentum gradient
+  const void* y;
+  void* grad_x;
+  const void* momentum;
+  double momentum_value;
+  const void* initial;
+  void* grad_initial;
+  void* grad_momentum;  // per lane, the frame-slice shape; written only when momentum_grad
+  bool momentum_grad;
+  CudaPlan plan;
+  void* workspace;  // plan.workspace_bytes: aggregates [chunk][lane], then the momentum-gradient partials
+};
 
 }  // namespace momentum
 }  // namespace vidmem

@@ -16,7 +16,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ExpandUtils.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -25,6 +24,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/dtype.h"
 #include "temporal_momentum/temporal_momentum.h"
 #include "temporal_momentum/temporal_momentum_cpu_simd.h"
 #include "temporal_momentum/temporal_momentum_host.h"
@@ -189,9 +189,9 @@ void backward_strided(const cpu::BackwardJob<scalar_t>& job) {
 // ---------------------------------------------------------------------------- forward
 
 template <typename scalar_t>
-void forward_cpu(const Layout& layout, const scalar_t* x, scalar_t* y, const at::opmath_type<scalar_t>* m,
+void forward_cpu(const Layout& layout, const scalar_t* x, scalar_t* y, const acc_type<scalar_t>* m,
                  double m_value, const scalar_t* initial) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = acc_type<scalar_t>;
   static_assert(std::is_same<acc_t, cpu::AccOf<scalar_t>>::value, "accumulation types differ");
   const cpu::KernelTable<scalar_t>& table = cpu::kernel_table<scalar_t>(cpu::selected_isa());
   const Path path = unit_inner(layout, kX) && unit_inner(layout, kY)                    ? Path::kUnit
@@ -271,9 +271,9 @@ struct BackwardPtrs {
 };
 
 template <typename scalar_t>
-void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_type<scalar_t>* m, double m_value,
-                  bool want_dm) {
-  using acc_t = at::opmath_type<scalar_t>;
+void backward_cpu(const Layout& layout, const BackwardPtrs& p, const acc_type<scalar_t>* m, double m_value,
+                  bool momentum_grad) {
+  using acc_t = acc_type<scalar_t>;
   const auto* gy = static_cast<const scalar_t*>(p.grad_y);
   const auto* x = static_cast<const scalar_t*>(p.x);
   const auto* y = static_cast<const scalar_t*>(p.y);
@@ -286,14 +286,14 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
 
   const int64_t frames = layout.frames, lanes = layout.lanes;
   const bool unit = unit_inner(layout, kGradY) && unit_inner(layout, kGradX) &&
-                    (!want_dm || (unit_inner(layout, kX) && unit_inner(layout, kY)));
+                    (!momentum_grad || (unit_inner(layout, kX) && unit_inner(layout, kY)));
   const bool tiles = layout.frame_stride[kGradY] == 1 && layout.frame_stride[kGradX] == 1 &&
-                     (!want_dm || (layout.frame_stride[kX] == 1 && layout.frame_stride[kY] == 1));
+                     (!momentum_grad || (layout.frame_stride[kX] == 1 && layout.frame_stride[kY] == 1));
   const Path path = unit ? Path::kUnit : tiles ? Path::kTiles : Path::kStrided;
   const TaskGrid grid(layout, path);
   const bool streaming = frames * lanes * int64_t(sizeof(scalar_t)) >= streaming_threshold();
   std::vector<acc_t> aggregates(grid.chunks > 1 ? grid.chunks * lanes : 0);
-  std::vector<acc_t> dm_partials(grid.chunks > 1 && want_dm ? grid.chunks * lanes : 0);
+  std::vector<acc_t> dm_partials(grid.chunks > 1 && momentum_grad ? grid.chunks * lanes : 0);
 
   auto run = [&](auto store_tag, int64_t begin, int64_t end) {
     constexpr bool kStore = decltype(store_tag)::value;
@@ -315,7 +315,7 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
         }
       }
       const int64_t t_begin = q * grid.chunk_len, t_end = std::min(frames, t_begin + grid.chunk_len);
-      const bool dm_here = kStore && want_dm;
+      const bool dm_here = kStore && momentum_grad;
       if (dm_here && has_init && t_begin == 0) {
         const scalar_t* ib = initial + lane_offset(layout, kInitial, b.coords);
         const int64_t is = inner_stride(layout, kInitial);
@@ -360,7 +360,7 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
         const int64_t gis = inner_stride(layout, kGradInitial);
         for (int64_t j = 0; j < n; ++j) gib[j * gis] = static_cast<scalar_t>(mbuf[j] * a[j]);
       }
-      if (want_dm) {
+      if (momentum_grad) {
         if (grid.chunks > 1) {
           for (int64_t j = 0; j < n; ++j) dm_partials[q * lanes + b.lane + j] = dm[j];
         } else {
@@ -378,7 +378,7 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
   }
   at::parallel_for(0, grid.chunks * grid.per_chunk, task_grain(grid, frames),
                    [&](int64_t begin, int64_t end) { run(std::true_type{}, begin, end); });
-  if (want_dm && grid.chunks > 1) {  // chunk partials summed in chunk order: deterministic
+  if (momentum_grad && grid.chunks > 1) {  // chunk partials summed in chunk order: deterministic
     at::parallel_for(0, grid.per_chunk, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const LaneBlock b = grid.block(layout, task);
@@ -396,14 +396,12 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const at::opmath_
 
 // ---------------------------------------------------------------------------- ops
 
-const void* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
-
 at::Tensor temporal_momentum_cpu(const at::Tensor& x, const std::optional<at::Tensor>& momentum, double momentum_value,
                                  int64_t dim, const std::optional<at::Tensor>& initial) {
   TORCH_CHECK_VALUE(x.device().is_cpu(), "temporal_momentum (CPU kernel): x must be on the CPU");
   return run_forward(x, momentum, momentum_value, dim, initial, [&](const PreparedCall& call, const Args& args) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "temporal_momentum_cpu", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
+      using acc_t = acc_type<scalar_t>;
       forward_cpu<scalar_t>(call.layout, call.ops[kX].const_data_ptr<scalar_t>(), call.ops[kY].data_ptr<scalar_t>(),
                             static_cast<const acc_t*>(data_or_null(call.ops[kMomentum])), args.momentum_value,
                             static_cast<const scalar_t*>(data_or_null(call.ops[kInitial])));
@@ -417,23 +415,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_momentum_backward_cpu(
   TORCH_CHECK_VALUE(x.device().is_cpu(), "temporal_momentum_backward (CPU kernel): x must be on the CPU");
   // With a float momentum the per-lane dm is still well defined; the front end asks for it only
   // when a momentum tensor requires grad.
-  const bool want_dm = momentum_grad;
   return run_backward(
-      grad_y, x, y, momentum, momentum_value, dim, initial, want_dm, [&](const PreparedCall& call, const Args& args) {
+      grad_y, x, y, momentum, momentum_value, dim, initial, momentum_grad,
+      [&](const PreparedCall& call, const Args& args) {
         BackwardPtrs p{data_or_null(call.ops[kGradY]),
                        data_or_null(call.ops[kX]),
                        data_or_null(call.ops[kY]),
                        call.ops[kGradX].data_ptr(),
                        data_or_null(call.ops[kInitial]),
-                       call.ops[kGradInitial].defined() ? call.ops[kGradInitial].data_ptr() : nullptr,
-                       call.ops[kGradMomentum].defined() ? call.ops[kGradMomentum].data_ptr() : nullptr};
+                       mutable_data_or_null(call.ops[kGradInitial]),
+                       mutable_data_or_null(call.ops[kGradMomentum])};
         AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "temporal_momentum_backward_cpu",
                                         [&] {
-                                          using acc_t = at::opmath_type<scalar_t>;
+                                          using acc_t = acc_type<scalar_t>;
                                           backward_cpu<scalar_t>(
                                               call.layout, p,
                                               static_cast<const acc_t*>(data_or_null(call.ops[kMomentum])),
-                                              args.momentum_value, want_dm);
+                                              args.momentum_value, momentum_grad);
                                         });
       });
 }

@@ -12,7 +12,8 @@ namespace momentum {
 namespace {
 
 void check_on_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.is_cuda(), "temporal_momentum (CUDA kernel): ", name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK_VALUE(t.is_cuda(), "temporal_momentum (CUDA kernel): ", name, " must be a CUDA tensor, got ",
+                    t.device());
 }
 
 at::Tensor temporal_momentum_cuda(const at::Tensor& x, const std::optional<at::Tensor>& momentum,

@@ -12,12 +12,11 @@
 #include <tuple>
 #include <vector>
 
+#include "common/torch_dtype.h"
 #include "temporal_momentum/temporal_momentum.h"
 
 namespace vidmem {
 namespace momentum {
-
-inline at::ScalarType acc_dtype(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
 
 inline bool is_full_operand(int op) { return op <= kGradX; }
 
@@ -34,8 +33,7 @@ struct Args {
 inline Args check_args(const at::Tensor& x, const std::optional<at::Tensor>& momentum, double momentum_value,
                        int64_t dim, const std::optional<at::Tensor>& initial) {
   const auto dtype = x.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat || dtype == at::kDouble,
-                   "temporal_momentum: x must be float16, bfloat16, float32 or float64, got ", dtype);
+  const at::ScalarType acc = acc_scalar_type(dtype, "temporal_momentum: x");  // checks x's dtype
   TORCH_CHECK_INDEX(x.dim() > 0, "temporal_momentum: dim: x is 0-dimensional and has no frame axis");
   TORCH_CHECK_INDEX(dim >= -x.dim() && dim < x.dim(), "temporal_momentum: dim ", dim, " is out of range for x with ",
                     x.dim(), " dimensions");
@@ -53,7 +51,7 @@ inline Args check_args(const at::Tensor& x, const std::optional<at::Tensor>& mom
                       m.scalar_type());
     TORCH_CHECK_VALUE(at::is_expandable_to(m.sizes(), args.slice_shape), "temporal_momentum: momentum of shape ",
                       m.sizes(), " does not broadcast to one frame slice ", at::IntArrayRef(args.slice_shape));
-    args.momentum = m.to(acc_dtype(dtype)).expand(args.slice_shape);
+    args.momentum = m.to(acc).expand(args.slice_shape);
   } else {
     TORCH_CHECK_VALUE(momentum_value >= 0.0 && momentum_value <= 1.0,
                       "temporal_momentum: momentum must be in [0, 1], got ", momentum_value);
@@ -81,6 +79,10 @@ inline void check_like_x(const at::Tensor& t, const at::Tensor& x, const char* n
 }
 
 using Operands = std::array<at::Tensor, kNumOperands>;  // undefined where a call does not use one
+
+// Data pointers of operands that may be undefined (nullptr then).
+inline const void* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
+inline void* mutable_data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 // Collapse the lane axes of every defined operand jointly. Axes of size 1 drop out; the others
 // are ordered by the strides of `order_op` (an output allocated like x, so dense), outermost
@@ -198,15 +200,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(const at::Tensor& gr
                                                             const at::Tensor& y,
                                                             const std::optional<at::Tensor>& momentum,
                                                             double momentum_value, int64_t dim,
-                                                            const std::optional<at::Tensor>& initial, bool want_dm,
-                                                            Launch&& launch) {
+                                                            const std::optional<at::Tensor>& initial,
+                                                            bool momentum_grad, Launch&& launch) {
   const Args args = check_args(x, momentum, momentum_value, dim, initial);
   check_like_x(grad_y, x, "grad_y");
   check_like_x(y, x, "y");
-  const auto acc_options = x.options().dtype(acc_dtype(x.scalar_type()));
+  const auto acc_options =
+      x.options().dtype(acc_scalar_type(x.scalar_type(), "temporal_momentum_backward: x"));
   const bool empty = x.numel() == 0;  // then no frame writes the slice grads: they are zero
   at::Tensor grad_x = at::empty_like(x);
-  at::Tensor grad_m = !want_dm ? at::empty({0}, acc_options)
+  at::Tensor grad_m = !momentum_grad ? at::empty({0}, acc_options)
                       : empty  ? at::zeros(args.slice_shape, acc_options)
                                : at::empty(args.slice_shape, acc_options);
   at::Tensor grad_init = !initial.has_value() ? at::empty({0}, x.options())
@@ -221,7 +224,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(const at::Tensor& gr
     ops[kInitial] = *initial;
     ops[kGradInitial] = grad_init;
   }
-  if (want_dm) {
+  if (momentum_grad) {
     ops[kX] = x;
     ops[kY] = y;
     ops[kGradMomentum] = grad_m;

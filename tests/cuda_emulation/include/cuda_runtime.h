@@ -2,11 +2,15 @@
 // CPU (see ../README.md). A block's threads are cooperative fibers (ucontext) on one OS thread;
 // __syncthreads and warp shuffles are barriers between them, and every barrier pass runs the
 // waiting threads in a fresh pseudo-random order, so code that reads shared memory without the
-// barrier it needs tends to fail. Blocks run one after another. Misaligned 16-byte accesses,
-// divergent barriers and deadlocks abort with a message.
+// barrier it needs tends to fail. Blocks run one after another, in the order the device setting
+// asks for (in order, reversed, shuffled), so code that assumes an order of blocks tends to fail.
+// A launch over the GPU's limits fails as on a GPU (cudaErrorInvalidConfiguration); a misaligned
+// 16-byte access, a divergent barrier or a deadlock ends the launch with cudaErrorLaunchFailure
+// and a message (cudaGetErrorString), and the process goes on.
 //
 // This is not CUDA: no memory model, no timing, no occupancy. It checks index math, scan
-// algebra, tile and chunk bookkeeping, barrier placement and vector alignment.
+// algebra, tile and chunk bookkeeping, barrier placement, block-order independence and vector
+// alignment.
 #pragma once
 
 #include <ucontext.h>
@@ -17,6 +21,8 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cuda_runtime_api.h"
@@ -37,10 +43,11 @@ struct alignas(16) uint4 {
 
 namespace cuda_emulation {
 
-[[noreturn]] inline void fail(const char* what) {
-  std::fprintf(stderr, "cuda emulation: %s\n", what);
-  std::abort();
-}
+// Limits of current NVIDIA GPUs (compute capability 5.0 and later).
+constexpr unsigned kMaxThreadsPerBlock = 1024;
+constexpr unsigned kMaxBlockDimZ = 64;
+constexpr unsigned kMaxGridDimX = 0x7fffffffu;
+constexpr unsigned kMaxGridDimYZ = 65535;
 
 class Grid {
  public:
@@ -49,10 +56,10 @@ class Grid {
     return grid;
   }
 
-  unsigned thread() const { return current_; }
-  unsigned block() const { return block_; }
-  unsigned block_size() const { return threads_; }
-  unsigned grid_size() const { return grid_; }
+  unsigned thread() const { return current_; }  // linear thread index in the block
+  dim3 block() const { return block_index_; }
+  dim3 block_dim() const { return block_dim_; }
+  dim3 grid_dim() const { return grid_dim_; }
 
   void sync_block() {
     pool_[current_].status = kAtBlockBarrier;
@@ -66,60 +73,114 @@ class Grid {
     yield();
   }
 
-  double& shuffle_slot(unsigned thread) { return shuffle_slots_[thread]; }
+  uint64_t& shuffle_slot(unsigned thread) { return shuffle_slots_[thread]; }
 
-  void run(unsigned grid_size, unsigned block_size, const std::function<void()>& body) {
-    if (block_size == 0 || block_size % 32 != 0) fail("block size must be a positive multiple of 32");
-    if (body_ != nullptr) fail("nested launch");
-    grid_ = grid_size;
-    threads_ = block_size;
+  // Ends the launch from inside a kernel thread: never returns to the kernel.
+  [[noreturn]] void fail_in_kernel(const std::string& what) {
+    if (body_ == nullptr) {
+      std::fprintf(stderr, "cuda emulation: %s (outside a launch)\n", what.c_str());
+      std::abort();
+    }
+    error_ = what;
+    pool_[current_].status = kAbandoned;
+    swapcontext(&pool_[current_].context, &scheduler_);
+    std::abort();  // an abandoned thread is never resumed
+  }
+
+  // Runs a launch; returns cudaSuccess or the launch's error (its message in device().last_message).
+  cudaError_t run(dim3 grid, dim3 block, const std::function<void()>& body) {
+    const unsigned threads = block.x * block.y * block.z;
+    if (block.x == 0 || block.y == 0 || block.z == 0 || grid.x == 0 || grid.y == 0 || grid.z == 0) {
+      return refuse(cudaErrorInvalidConfiguration, "a grid or block dimension is 0");
+    }
+    if (threads > kMaxThreadsPerBlock || block.z > kMaxBlockDimZ) {
+      return refuse(cudaErrorInvalidConfiguration, "block of " + std::to_string(threads) + " threads (at most " +
+                                                       std::to_string(kMaxThreadsPerBlock) + ")");
+    }
+    const unsigned max_y = static_cast<unsigned>(device().max_grid_y);
+    if (grid.x > kMaxGridDimX || grid.y > max_y || grid.z > kMaxGridDimYZ) {
+      return refuse(cudaErrorInvalidConfiguration, "grid (" + std::to_string(grid.x) + ", " + std::to_string(grid.y) +
+                                                       ", " + std::to_string(grid.z) + ") over the device's limits");
+    }
+    if (threads % 32 != 0) return refuse(cudaErrorInvalidConfiguration, "emulated blocks are whole warps");
+    if (body_ != nullptr) return refuse(cudaErrorLaunchFailure, "nested launch");
+    grid_dim_ = grid;
+    block_dim_ = block;
+    threads_ = threads;
     body_ = &body;
-    if (pool_.size() < block_size) pool_.resize(block_size);
-    at_warp_barrier_.assign(block_size / 32, 0);
-    shuffle_slots_.assign(block_size, 0.0);
-    std::vector<unsigned> order(block_size);
-    for (block_ = 0; block_ < grid_; ++block_) {
-      for (unsigned t = 0; t < threads_; ++t) start(t);
-      at_block_barrier_ = 0;
-      unsigned done = 0;
-      while (done < threads_) {
-        bool ran = false;
-        shuffle_order(order);
-        for (unsigned t : order) {
-          if (pool_[t].status != kReady) continue;
-          current_ = t;
-          swapcontext(&scheduler_, &pool_[t].context);
-          ran = true;
-          if (pool_[t].status == kDone) ++done;
-        }
-        if (done == threads_) break;
-        bool released = false;
-        if (at_block_barrier_ == threads_) {
-          for (unsigned t = 0; t < threads_; ++t) pool_[t].status = kReady;
-          at_block_barrier_ = 0;
-          released = true;
-        }
-        for (unsigned w = 0; w < threads_ / 32; ++w) {
-          if (at_warp_barrier_[w] == 32) {
-            for (unsigned t = w * 32; t < w * 32 + 32; ++t) pool_[t].status = kReady;
-            at_warp_barrier_[w] = 0;
-            released = true;
-          }
-        }
-        if (!ran && !released) fail("deadlock: threads wait at a __syncthreads or shuffle that not all reach");
-      }
+    error_.clear();
+    if (pool_.size() < threads) pool_.resize(threads);
+    at_warp_barrier_.assign(threads / 32, 0);
+    shuffle_slots_.assign(threads, 0);
+    std::vector<unsigned> order(threads);
+    std::vector<uint64_t> blocks(static_cast<size_t>(grid.x) * grid.y * grid.z);
+    for (size_t i = 0; i < blocks.size(); ++i) blocks[i] = i;
+    if (device().block_order == BlockOrder::kReversed) {
+      for (size_t i = 0; i < blocks.size() / 2; ++i) std::swap(blocks[i], blocks[blocks.size() - 1 - i]);
+    } else if (device().block_order == BlockOrder::kShuffled) {
+      shuffle(blocks);
+    }
+    for (const uint64_t linear : blocks) {
+      block_index_ = dim3(static_cast<unsigned>(linear % grid.x), static_cast<unsigned>(linear / grid.x % grid.y),
+                          static_cast<unsigned>(linear / grid.x / grid.y));
+      if (!run_block(order)) break;
     }
     body_ = nullptr;
+    if (!error_.empty()) return refuse(cudaErrorLaunchFailure, error_);
+    return cudaSuccess;
   }
 
  private:
-  enum Status { kReady, kAtBlockBarrier, kAtWarpBarrier, kDone };
+  enum Status { kReady, kAtBlockBarrier, kAtWarpBarrier, kDone, kAbandoned };
   struct Thread {
     ucontext_t context;
     std::unique_ptr<char[]> stack;
     Status status = kDone;
   };
   static constexpr size_t kStackBytes = 256 * 1024;
+
+  static cudaError_t refuse(cudaError_t error, const std::string& what) {
+    device().last_message = "cuda emulation: " + what;
+    return error;
+  }
+
+  // One block; false when the launch failed.
+  bool run_block(std::vector<unsigned>& order) {
+    for (unsigned t = 0; t < threads_; ++t) start(t);
+    at_block_barrier_ = 0;
+    unsigned done = 0;
+    while (done < threads_) {
+      bool ran = false;
+      shuffle(order);
+      for (unsigned t : order) {
+        if (pool_[t].status != kReady) continue;
+        current_ = t;
+        swapcontext(&scheduler_, &pool_[t].context);
+        if (!error_.empty()) return false;
+        ran = true;
+        if (pool_[t].status == kDone) ++done;
+      }
+      if (done == threads_) break;
+      bool released = false;
+      if (at_block_barrier_ == threads_) {
+        for (unsigned t = 0; t < threads_; ++t) pool_[t].status = kReady;
+        at_block_barrier_ = 0;
+        released = true;
+      }
+      for (unsigned w = 0; w < threads_ / 32; ++w) {
+        if (at_warp_barrier_[w] == 32) {
+          for (unsigned t = w * 32; t < w * 32 + 32; ++t) pool_[t].status = kReady;
+          at_warp_barrier_[w] = 0;
+          released = true;
+        }
+      }
+      if (!ran && !released) {
+        error_ = "deadlock: threads wait at a __syncthreads or shuffle that not all threads of the block reach";
+        return false;
+      }
+    }
+    return true;
+  }
 
   static void entry() {
     Grid& g = instance();
@@ -141,56 +202,74 @@ class Grid {
 
   void yield() { swapcontext(&pool_[current_].context, &scheduler_); }
 
-  void shuffle_order(std::vector<unsigned>& order) {
-    for (unsigned i = 0; i < order.size(); ++i) order[i] = i;
-    for (unsigned i = static_cast<unsigned>(order.size()); i > 1; --i) {
+  template <typename T>
+  void shuffle(std::vector<T>& items) {
+    for (size_t i = 0; i < items.size(); ++i) items[i] = static_cast<T>(i);
+    for (size_t i = items.size(); i > 1; --i) {
       rng_ = rng_ * 6364136223846793005ull + 1442695040888963407ull;
-      const unsigned j = static_cast<unsigned>((rng_ >> 33) % i);
-      const unsigned tmp = order[i - 1];
-      order[i - 1] = order[j];
-      order[j] = tmp;
+      const size_t j = static_cast<size_t>((rng_ >> 33) % i);
+      std::swap(items[i - 1], items[j]);
     }
   }
 
   std::vector<Thread> pool_;
   ucontext_t scheduler_;
   const std::function<void()>* body_ = nullptr;
-  unsigned threads_ = 0, grid_ = 0, block_ = 0, current_ = 0;
+  std::string error_;
+  dim3 grid_dim_, block_dim_, block_index_;
+  unsigned threads_ = 0, current_ = 0;
   unsigned at_block_barrier_ = 0;
   std::vector<unsigned> at_warp_barrier_;
-  std::vector<double> shuffle_slots_;
+  std::vector<uint64_t> shuffle_slots_;
   uint64_t rng_ = 0x853c49e6748fea9bull;
 };
 
+// A launch: the result is what cudaGetLastError() reports next, as after <<<...>>>.
 template <typename F>
-void launch(unsigned grid, unsigned block, F&& body) {
+void launch(dim3 grid, dim3 block, F&& body) {
   const std::function<void()> fn(std::forward<F>(body));
-  Grid::instance().run(grid, block, fn);
+  const cudaError_t status = Grid::instance().run(grid, block, fn);
+  if (status != cudaSuccess) device().last_error = status;
 }
 
-inline uint3 thread_idx() { return uint3{Grid::instance().thread(), 0, 0}; }
-inline uint3 block_idx() { return uint3{Grid::instance().block(), 0, 0}; }
-inline uint3 block_dim() { return uint3{Grid::instance().block_size(), 1, 1}; }
-inline uint3 grid_dim() { return uint3{Grid::instance().grid_size(), 1, 1}; }
+inline uint3 thread_idx() {
+  const dim3 b = Grid::instance().block_dim();
+  const unsigned t = Grid::instance().thread();
+  return uint3{t % b.x, t / b.x % b.y, t / b.x / b.y};
+}
+inline uint3 block_idx() {
+  const dim3 b = Grid::instance().block();
+  return uint3{b.x, b.y, b.z};
+}
+inline dim3 block_dim() { return Grid::instance().block_dim(); }
+inline dim3 grid_dim() { return Grid::instance().grid_dim(); }
 
-// Lane `src` of this warp's value (own value when src < 0), as a warp shuffle.
+// Lane `src` of this warp's value (own value when src < 0), as a warp shuffle: the bits travel
+// unchanged (64-bit integers and doubles included).
 template <typename T>
 T shuffle_from(T value, int src) {
+  static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= sizeof(uint64_t), "shuffles move <= 8 bytes");
   Grid& g = Grid::instance();
   const unsigned t = g.thread();
-  g.shuffle_slot(t) = static_cast<double>(value);  // exact for float and double
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  g.shuffle_slot(t) = bits;
   g.sync_warp();
-  const T result = src < 0 ? value : static_cast<T>(g.shuffle_slot((t / 32) * 32 + static_cast<unsigned>(src)));
+  T result = value;
+  if (src >= 0) {
+    const uint64_t theirs = g.shuffle_slot((t / 32) * 32 + static_cast<unsigned>(src));
+    std::memcpy(&result, &theirs, sizeof(T));
+  }
   g.sync_warp();
   return result;
 }
 
 inline void check_full_mask(unsigned mask) {
-  if (mask != 0xffffffffu) fail("only full-warp shuffles are emulated");
+  if (mask != 0xffffffffu) Grid::instance().fail_in_kernel("only full-warp shuffles are emulated");
 }
 
 inline void check_aligned16(const void* p) {
-  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) fail("misaligned 16-byte access");
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) Grid::instance().fail_in_kernel("misaligned 16-byte access");
 }
 
 }  // namespace cuda_emulation
@@ -201,6 +280,21 @@ inline void check_aligned16(const void* p) {
 #define gridDim (::cuda_emulation::grid_dim())
 
 inline void __syncthreads() { cuda_emulation::Grid::instance().sync_block(); }
+
+// Blocks run one at a time on one OS thread, so every write is visible to the next block.
+inline void __threadfence() {}
+
+template <typename T>
+T atomicAdd(T* address, T value) {
+  const T old = *address;
+  *address = old + value;
+  return old;
+}
+
+template <typename T>
+T __ldcg(const T* p) {
+  return *p;
+}
 
 template <typename T>
 T __shfl_up_sync(unsigned mask, T value, int delta) {

@@ -1,0 +1,187 @@
+"""`python -m vidmem_ext bench`: the files it writes, what it measures and reports, and its argument errors.
+
+Tiny shapes throughout (the layouts are patched down): these check the command, not the speed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+import vidmem_ext
+from vidmem_ext import bench
+from vidmem_ext.bench import momentum, noise, report, timing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_LAYOUTS = [momentum.Layout("(F,B,N,C) F=8", (8, 2, 3, 5), 0), momentum.Layout("frames last", (6, 32), -1)]
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(momentum, "QUICK_LAYOUTS", TINY_LAYOUTS)
+    monkeypatch.setattr(noise, "QUICK_SHAPES", [(1, 3, 2, 4, 4)])
+
+
+def test_quick_cpu_run_writes_json_markdown_and_png(tiny, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert (
+        bench.main(["--device", "cpu", "--ops", "momentum,noise", "--quick", "--out", str(out), "--no-progress"]) == 0
+    )
+    printed = capsys.readouterr().out
+    data = json.loads((out / "bench.json").read_text())
+    assert data["device"] == timing.device_name("cpu") and data["torch"] == torch.__version__
+    assert data["torch_build"] == (f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only")
+    assert "alternating" in data["timing"] and data["device"] in printed
+
+    rows = data["rows"]
+    timed = [r for r in rows if r["op"] == "momentum" and r["median_ms"] is not None]
+    impls = {(r["case"], r["dtype"], r["impl"], r["mode"]) for r in timed}
+    for layout in TINY_LAYOUTS:
+        for dtype in ("float32", "bfloat16"):
+            for impl in ("vidmem_ext", "loop", "matrix"):
+                for mode in ("fwd", "fwd+bwd"):
+                    assert (layout.label, dtype, impl, mode) in impls
+            assert (layout.label, dtype, "vidmem_ext", "fwd+bwd m tensor") in impls
+    for r in timed:
+        assert r["median_ms"] > 0 and r["x_clone"] > 0
+        moved = 1 if r["mode"] == "fwd" else 2  # in units of the bytes a clone moves
+        assert r["of_clone_bw"] == pytest.approx(moved / r["x_clone"])
+        assert (r["fresh_x_clone"] is not None) == (r["impl"] == "vidmem_ext" and r["mode"] in ("fwd", "fwd+bwd"))
+    # peers: skipped with their install command (not installed here, or CUDA only), never an error
+    for peer in ("accelerated-scan warp", "accelerated-scan triton", "fla hgrn chunk", "fla hgrn fused_recurrent"):
+        notes = [r["note"] for r in rows if r["impl"] == peer]
+        assert notes and all(n.startswith("skipped: ") for n in notes)
+    noise_rows = [r for r in rows if r["op"] == "noise"]
+    assert {r["impl"] for r in noise_rows} == {"vidmem_ext", "eager", "torch.randn"}
+    assert all(r["median_ms"] > 0 for r in noise_rows)
+
+    md = (out / "bench.md").read_text()
+    assert data["device"] in md and torch.__version__ in md and "## momentum" in md and "## noise" in md
+    with Image.open(out / "bench.png") as image:
+        assert image.format == "PNG" and image.width > 300 and image.height > 200
+
+
+def test_the_command_line_entry_point(tmp_path):
+    # As a user runs it: through `python -m vidmem_ext`, one small op.
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "vidmem_ext", "bench", "--device", "cpu", "--ops", "attention", "--quick"]
+    done = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "== attention" in done.stdout and "wrote" in done.stdout
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert {r["impl"] for r in rows} == {"sdpa", "loop EMA + sdpa", "matrix EMA + sdpa", "vidmem_ext"}
+    assert (out / "bench.md").exists() and not (out / "bench.png").exists()  # nothing to plot without momentum
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ops", "momentum,warp"], "unknown op(s) warp"),
+        (["--dtypes", "int8"], "unknown floating dtype"),
+        (["--threads", "0"], "--threads must be >= 1"),
+    ],
+)
+def test_bad_arguments_are_named(argv, message, tmp_path, capsys):
+    assert bench.main(["--device", "cpu", "--out", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_a_gpu_is_refused(tmp_path, capsys):
+    assert bench.main(["--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_a_wrong_result_is_never_timed(tiny, monkeypatch):
+    monkeypatch.setattr(momentum, "_op", lambda x, dim, m=momentum.MOMENTUM: x * 1.5)
+    rows = momentum.measure(TINY_LAYOUTS[0], torch.float32, torch.device("cpu"), quick=True, compile_loop=False,
+                            peers={})  # fmt: skip
+    ours = [r for r in rows if r["impl"] == "vidmem_ext"]
+    assert len(ours) == 1 and ours[0]["median_ms"] is None and "differs" in ours[0]["note"]
+    assert any(r["impl"] == "loop" and r["median_ms"] is not None for r in rows)
+
+
+def test_installed_peers_are_cuda_only_on_cpu(tiny):
+    peers = {"accelerated-scan warp": lambda gates, tokens: tokens, "fla hgrn chunk": "not importable; pip install x"}
+    rows = momentum.measure(TINY_LAYOUTS[1], torch.float32, torch.device("cpu"), quick=True, compile_loop=False,
+                            peers=peers)  # fmt: skip
+    notes = {r["impl"]: r["note"] for r in rows if r["impl"] in peers}
+    assert notes == {
+        "accelerated-scan warp": "skipped: CUDA only",
+        "fla hgrn chunk": "skipped: " + peers["fla hgrn chunk"],
+    }
+
+
+def test_peer_inputs_reproduce_the_momentum_recurrence():
+    # The gates and tokens given to the peers are the same EMA: run each peer's own recurrence in PyTorch.
+    x = torch.randn(5, 3, 32, dtype=torch.float64)
+    want = vidmem_ext.reference.temporal_momentum_loop(x, momentum.MOMENTUM, 2).reshape(1, -1, 32)
+    (gates, tokens), back = momentum._peer_inputs("accelerated-scan warp", x, 2)
+    h, out = torch.zeros_like(tokens[..., 0]), []
+    for t in range(32):
+        h = gates[..., t] * h + tokens[..., t]
+        out.append(h)
+    torch.testing.assert_close(back(torch.stack(out, -1)), want)
+    (tokens, log_gates), back = momentum._peer_inputs("fla hgrn chunk", x, 2)
+    h, out = torch.zeros_like(tokens[:, 0]), []
+    for t in range(32):
+        h = log_gates[:, t].exp() * h + tokens[:, t]
+        out.append(h)
+    torch.testing.assert_close(back((torch.stack(out, 1), None)), want)
+
+
+def test_goals_are_judged_against_their_targets():
+    def row(mode, dtype, x_clone, impl="vidmem_ext", case="c"):
+        moved = 1 if mode == "fwd" else 2
+        return {"op": "momentum", "case": case, "dtype": dtype, "impl": impl, "mode": mode, "median_ms": x_clone,
+                "x_clone": x_clone, "of_clone_bw": moved / x_clone}  # fmt: skip
+
+    cpu = momentum.goals([row("fwd", "float32", 1.1), row("fwd", "bfloat16", 1.4), row("fwd+bwd", "float32", 2.7),
+                          row("fwd", "float32", 1.3, impl="compiled loop")], torch.device("cpu"))  # fmt: skip
+    assert "1.10x clone time (goal <= 1.15) met" in cpu[0]
+    assert "1.40x clone time (goal <= 1.3) NOT met" in cpu[1]
+    assert "2.70x clone time (goal <= 2.6) NOT met" in cpu[2]
+    assert any("1.18x faster than compiled loop met" in line for line in cpu)
+    cuda = momentum.goals([row("fwd", "float32", 1 / 0.9), row("fwd+bwd", "bfloat16", 2 / 0.6)], torch.device("cuda"))
+    assert "0.90 of clone bandwidth (goal >= 0.85) met" in cuda[0]
+    assert "0.60 of clone bandwidth (goal >= 0.7) NOT met" in cuda[1]
+
+
+def test_timing_primitives():
+    calls = []
+    seconds, ratio = timing.alternating(lambda: calls.append("b"), lambda: calls.append("c"), repeats=4, warmup=1)
+    assert calls == ["b", "c"] * 5 and seconds >= 0 and ratio > 0
+    assert timing.median_time(lambda: None, "cpu", repeats=3, warmup=0) >= 0
+    with pytest.raises(ValueError, match="allocation mode"):
+        with timing.allocation_mode("huge"):
+            pass
+    if sys.platform.startswith("linux"):
+        for mode in ("fresh", "mapped"):
+            with timing.allocation_mode(mode) as ok:
+                assert ok and torch.ones(2**20).sum().item() == 2**20
+
+
+def test_markdown_marks_missing_values():
+    rows = [{"op": "noise", "case": "s", "dtype": "float32", "impl": "eager", "median_ms": None, "x_randn": 2.5,
+             "note": "n"}]  # fmt: skip
+    meta = {"device": "d", "torch": "t", "torch_build": "b", "vidmem_ext": "v", "compiled": "c", "date": "x",
+            "timing": "y"}  # fmt: skip
+    md = report.markdown(meta, rows, ["goal line"])
+    assert "| s | float32 | eager | - | 2.5 | n |" in md and "- goal line" in md
+
+
+def test_impls_and_budget_narrow_the_run(tiny, tmp_path):
+    out = tmp_path / "o"
+    argv = ["--device", "cpu", "--ops", "momentum", "--quick", "--dtypes", "fp32", "--no-progress"]
+    assert bench.main([*argv, "--impls", "vidmem_ext", "--out", str(out)]) == 0
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert rows and {r["impl"] for r in rows} == {"vidmem_ext"}
+    assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd", "fwd+bwd m tensor"}
+    assert bench.main([*argv, "--budget", "0", "--out", str(out)]) == 0
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert len(rows) == len(TINY_LAYOUTS) and all("past the --budget" in r["note"] for r in rows)

@@ -1,0 +1,143 @@
+"""`python -m vidmem_ext bench`: time every op against its references and peers, on CPU or CUDA.
+
+    python -m vidmem_ext bench [--device cpu|cuda] [--ops momentum,noise,packer,attention] [--quick] [--out DIR]
+
+Prints a table with the device name, torch version and build, and writes bench.json, bench.md and
+bench.png (fraction of x.clone() bandwidth per shape and implementation) to --out. Peers that are
+not installed are reported as skipped, with the command that installs them. The scripts in
+benchmarks/ call the same functions (vidmem_ext.bench.momentum, .noise, .packer, .attention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+OPS = ("momentum", "noise", "packer", "attention")
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp64": "float64"}
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (a smoke run, under a minute)")
+    parser.add_argument("--out", default="vidmem_ext_bench", help="folder for bench.json, bench.md, bench.png")
+    parser.add_argument("--dtypes", default=None, help="comma-separated, e.g. fp32,bf16 (default: per op)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the momentum loop")
+    parser.add_argument("--stem", default="bench", help="file name stem of the results (default: bench)")
+    parser.add_argument("--impls", default=None, help="momentum: only these implementations (e.g. vidmem_ext)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds; cases past it are reported as skipped")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _dtypes(text: str | None):
+    import torch
+
+    if not text:
+        return None
+    out = []
+    for name in text.split(","):
+        full = DTYPE_NAMES.get(name.strip(), name.strip())
+        dtype = getattr(torch, full, None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"--dtypes: unknown floating dtype {name!r} (use fp32, bf16, fp16, fp64)")
+        out.append(dtype)
+    return out
+
+
+def collect(device, ops, *, quick: bool, dtypes=None, compile_loop: bool = True, progress: bool = True,
+            impls=None, budget: float | None = None):  # fmt: skip
+    """Run the chosen ops' cases; return (rows, goal lines). Cases that start after `budget` seconds
+    are reported as skipped rows."""
+    from . import attention, momentum, noise, packer
+    from .timing import Progress
+
+    modules = {"momentum": momentum, "noise": noise, "packer": packer, "attention": attention}
+    plan = []
+    for op in ops:
+        kwargs = {"quick": quick, "dtypes": dtypes}
+        if op == "momentum":
+            kwargs.update(compile_loop=compile_loop, impls=impls)
+        plan += [(op, label, thunk) for label, thunk in modules[op].cases(device, **kwargs)]
+    bar = Progress(len(plan), enabled=progress)
+    rows = []
+    start = time.perf_counter()
+    try:
+        for op, label, thunk in plan:
+            if budget is not None and time.perf_counter() - start > budget:
+                rows.append({"op": op, "case": label, "impl": "-", "mode": "-", "median_ms": None,
+                             "note": f"skipped: past the --budget of {budget:g} s"})  # fmt: skip
+            else:
+                rows += thunk()
+            bar.step(label)
+    finally:
+        bar.close()
+    if quick:  # tiny shapes measure overheads, not the goals
+        return rows, ["goals not evaluated: --quick uses tiny shapes"]
+    return rows, momentum.goals(rows, device) + noise.goals(rows, device)
+
+
+def run(args) -> int:
+    import torch
+
+    from .report import text_table, write
+    from .timing import allocation_mode, build_info, device_name
+
+    ops = [op.strip() for op in args.ops.split(",") if op.strip()]
+    unknown = [op for op in ops if op not in OPS]
+    if unknown or not ops:
+        given = ", ".join(unknown) or "(none given)"
+        print(f"--ops: unknown op(s) {given}; choose from {', '.join(OPS)}", file=sys.stderr)
+        return 2
+    try:
+        dtypes = _dtypes(args.dtypes)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA GPU is available to this torch", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"--threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+
+    meta = {"device": device_name(device), "device_type": device.type, **build_info()}
+    meta["date"] = time.strftime("%Y-%m-%d %H:%M")
+    if device.type == "cpu":
+        with allocation_mode("mapped") as mapped:
+            pass  # stays in effect for the run (see timing.allocation_mode)
+        meta["timing"] = "CPU: medians of runs alternating with x.clone(), ratios = median of per-pair ratios; " + (
+            "memory stays mapped (mallopt raised glibc's mmap and trim thresholds; tensors <= 32 MB); "
+            "fresh_x_clone: the same with every allocation mapped fresh"
+            if mapped
+            else "mallopt unavailable: allocations over the default threshold are mapped fresh"
+        )
+        if hasattr(os, "getloadavg"):
+            meta["load"] = "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    else:
+        meta["timing"] = "CUDA: medians of event-timed runs; clone timed the same way in the same run"
+    print(f"vidmem_ext bench on {meta['device']}: torch {meta['torch']} ({meta['torch_build']}), "
+          f"compiled kernels: {meta['compiled']}{'; --quick' if args.quick else ''}", flush=True)  # fmt: skip
+
+    impls = {name.strip() for name in args.impls.split(",")} if args.impls else None
+    rows, goals = collect(device, ops, quick=args.quick, dtypes=dtypes, compile_loop=not args.no_compile,
+                          progress=not args.no_progress, impls=impls, budget=args.budget)  # fmt: skip
+    print(text_table(rows))
+    if goals:
+        print("== goals")
+        print("\n".join(goals))
+    paths = write(args.out, meta, rows, goals, stem=args.stem)
+    print("wrote", *paths)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vidmem_ext bench", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
