@@ -68,7 +68,7 @@ int64_t cpu_chunk_len(int64_t tasks_per_chunk, int64_t frames) {
   return kChunkFrames;
 }
 
-int64_t block_lanes_for(Path path, int64_t inner, int64_t frames) {
+int64_t block_lanes_for(Path path, int64_t inner, int64_t lanes, int64_t frames) {
   // Few frames per lane: more lanes per task, so that a task still moves tens of kilobytes.
   if (path == Path::kTiles) {
     const int64_t lanes = (kTileBlockElements / std::max<int64_t>(frames, 1) + 15) / 16 * 16;
@@ -76,8 +76,14 @@ int64_t block_lanes_for(Path path, int64_t inner, int64_t frames) {
   }
   if (path == Path::kStrided) return kStridedBlockLanes;
   // Split a row evenly into blocks of at most kBlockLanes, each a whole number of cache lines
-  // (of fp32), so that neighbouring tasks rarely share a line.
-  const int64_t per_row = (inner + kBlockLanes - 1) / kBlockLanes;
+  // (of fp32), so that neighbouring tasks rarely share a line; and into at least kMinTasks tasks
+  // in all while blocks keep kMinBlockLanes, so that threads get even shares (from the shape
+  // alone: the chunking below depends on it and must not depend on the thread count).
+  constexpr int64_t kMinTasks = 16, kMinBlockLanes = 64;
+  const int64_t rows = std::max<int64_t>(1, lanes / std::max<int64_t>(inner, 1));
+  int64_t per_row = (inner + kBlockLanes - 1) / kBlockLanes;
+  const int64_t for_tasks = std::min((kMinTasks + rows - 1) / rows, (inner + kMinBlockLanes - 1) / kMinBlockLanes);
+  per_row = std::max(per_row, for_tasks);
   const int64_t even = (inner + per_row - 1) / per_row;
   return std::min(kBlockLanes, (even + 15) / 16 * 16);
 }
@@ -100,7 +106,7 @@ struct TaskGrid {
 
   TaskGrid(const Layout& layout, Path path) {
     inner = layout.size[layout.dims - 1];
-    block_lanes = block_lanes_for(path, inner, layout.frames);
+    block_lanes = block_lanes_for(path, inner, layout.lanes, layout.frames);
     per_row = (inner + block_lanes - 1) / block_lanes;
     per_chunk = (layout.lanes / inner) * per_row;
     chunk_len = cpu_chunk_len(per_chunk, layout.frames);
