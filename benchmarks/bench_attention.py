@@ -35,7 +35,16 @@ def main(argv=None) -> int:
             f"Forward, momentum {attention.MOMENTUM}, CFG batch = 2 x frames; temporal_momentum runs its {backend}. "
             f"Device: {device_name(device)}.{' Quick run.' if args.quick else ''}"
         )
-        print("wrote", *write_results("bench_attention", device, rows, report.COLUMNS["attention"], notes))
+        print(
+            "wrote",
+            *write_results(
+                "bench_attention_quick" if args.quick else "bench_attention",
+                device,
+                rows,
+                report.COLUMNS["attention"],
+                notes,
+            ),
+        )
     return 0
 
 

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import write_results  # noqa: E402
 
-from vidmem_ext.bench import _dtypes, collect, report  # noqa: E402
+from vidmem_ext.bench import collect, parse_dtypes, report  # noqa: E402
 from vidmem_ext.bench.timing import allocation_mode, device_name  # noqa: E402
 
 
@@ -38,7 +38,11 @@ def main(argv=None):
     with allocation_mode("mapped") as mapped:
         pass  # stays in effect (see allocation_mode)
     print(f"device: {device_name(device)}; CPU memory kept mapped: {mapped}")
-    rows, goals = collect(device, ["momentum"], quick=args.quick, dtypes=_dtypes(args.dtypes),
+    try:
+        dtypes = parse_dtypes(args.dtypes)
+    except ValueError as exc:
+        parser.error(str(exc))
+    rows, goals = collect(device, ["momentum"], quick=args.quick, dtypes=dtypes,
                           compile_loop=not args.no_compile)  # fmt: skip
     print(report.text_table(rows))
     print("\n".join(goals))

@@ -62,7 +62,12 @@ def main(argv=None):
             f"peak extra = peak memory of one fused call beyond its float32 output. Device: {device_name(device)}. "
             + "; ".join(goals)
         )
-        print("wrote", *write_results("bench_noise", device, rows, report.COLUMNS["noise"], notes))
+        print(
+            "wrote",
+            *write_results(
+                "bench_noise_quick" if args.quick else "bench_noise", device, rows, report.COLUMNS["noise"], notes
+            ),
+        )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,12 @@ def main(argv=None):
             + ("(torch.cuda.max_memory_allocated)." if device.type == "cuda" else "(PyTorch CPU allocator, profiler).")
             + (" --quick run." if args.quick else "")
         )
-        print("wrote", *write_results("bench_packer", device, rows, report.COLUMNS["packer"], notes))
+        print(
+            "wrote",
+            *write_results(
+                "bench_packer_quick" if args.quick else "bench_packer", device, rows, report.COLUMNS["packer"], notes
+            ),
+        )
 
 
 if __name__ == "__main__":

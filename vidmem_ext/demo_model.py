@@ -216,9 +216,9 @@ def detect(image, min_pixels: int = 8) -> Detection:
 
 def _write_vocab_and_merges(folder: str) -> None:
     """vocab.json and merges.txt of a byte-level BPE whose merges spell each prompt word as one token."""
-    from .pipelines import _byte_level_alphabet
+    from .pipelines import byte_level_alphabet
 
-    alphabet = _byte_level_alphabet()
+    alphabet = byte_level_alphabet()
     vocab = ["<|startoftext|>", "<|endoftext|>", *alphabet, *(c + "</w>" for c in alphabet)]
     merges = []
     # Longest words first: a short word's early merge (e.g. "r e" of red) would otherwise split a longer one (green).

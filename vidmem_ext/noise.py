@@ -108,7 +108,7 @@ def dependency_noise(
     frame_dim %= len(shape)
     if seed is not None:
         if generator is not None:
-            raise ValueError("pass either generator or seed, not both")
+            raise ValueError("seed: pass either generator or seed, not both")
         seed = _checks.check_int(seed, "seed")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")

@@ -127,7 +127,7 @@ def _refuse_video_transformer(model) -> None:
     known = tuple(c for c in (getattr(diffusers, n, None) for n in _TOKEN_AXIS_VIDEO_MODELS) if isinstance(c, type))
     if isinstance(model, known) or name.endswith("Transformer3DModel"):
         raise TypeError(
-            f"{name} is a video transformer: it patchifies the video into one token sequence, so its frames sit "
+            f"model: {name} is a video transformer: it patchifies the video into one token sequence, so its frames sit "
             "in the token axis (or in attention layouts TemporalMomentumAttnProcessor does not implement: joint "
             "text+video attention, rotary embeddings), while the processor needs the frames folded into the batch "
             "of spatial self-attention (UNets: Stable Diffusion, AnimateDiff, UNet3D, Stable Video Diffusion); "
@@ -173,12 +173,12 @@ def _check_layer(model, name: str, module, processor) -> None:
     model_name = type(model).__name__
     if not isinstance(module, Attention):
         raise TypeError(
-            f"{model_name} layer {name!r} is a {type(module).__name__}, not diffusers' Attention, which is the only "
-            "attention class TemporalMomentumAttnProcessor implements; nothing was installed"
+            f"model: {model_name} layer {name!r} is a {type(module).__name__}, not diffusers' Attention, "
+            "which is the only attention class TemporalMomentumAttnProcessor implements; nothing was installed"
         )
     if not isinstance(processor, (*_classes(_PLAIN_PROCESSORS), TemporalMomentumAttnProcessor)):
         raise TypeError(
-            f"{model_name} layer {name!r} uses {type(processor).__name__}, which does more than plain attention "
+            f"model: {model_name} layer {name!r} uses {type(processor).__name__}, which does more than plain attention "
             "(e.g. rotary embeddings, joint text attention, added key/values, IP-Adapter); "
             "TemporalMomentumAttnProcessor would silently drop that, so nothing was installed (pass layers=... "
             "to choose other layers)"
@@ -232,10 +232,10 @@ def _choose_layers(model, layers) -> list[str]:
         splitter = _batch_splitter_above(model, name[: -len(_SUFFIX)])
         if splitter is not None:
             raise TypeError(
-                f"{type(model).__name__} layer {name!r} runs inside {type(splitter).__name__} (e.g. FreeNoise split "
-                "inference), which calls it on chunks of the batch, so one video's frames would be split between "
-                "calls and the momentum restarted in each; use a model without it (e.g. a pipeline on which "
-                "enable_free_noise_split_inference() was not called); nothing was installed"
+                f"model: {type(model).__name__} layer {name!r} runs inside {type(splitter).__name__} "
+                "(e.g. FreeNoise split inference), which calls it on chunks of the batch, so one video's frames "
+                "would be split between calls and the momentum restarted in each; use a model without it (e.g. a "
+                "pipeline on which enable_free_noise_split_inference() was not called); nothing was installed"
             )
     return chosen
 
@@ -282,7 +282,7 @@ def temporal_momentum_processors(model, momentum=0.98, num_frames: int = 8, laye
     names = set(_choose_layers(model, layers))
     if not names:
         raise ValueError(
-            f"{type(model).__name__} has no spatial self-attention layers to install the processor on "
+            f"model: {type(model).__name__} has no spatial self-attention layers to install the processor on "
             "(pass layers=... to choose some)"
         )
     originals = dict(model.attn_processors)
@@ -326,7 +326,7 @@ def _pipeline_kind(pipe) -> str:
         if isinstance(denoiser, torch.nn.Module):
             _refuse_video_transformer(denoiser)  # a video transformer: the TypeError that says why
             raise TypeError(
-                f"zero_shot_video drives UNet pipelines; {pipe_name} denoises with {type(denoiser).__name__}: "
+                f"pipe: zero_shot_video drives UNet pipelines; {pipe_name} denoises with {type(denoiser).__name__}: "
                 "use temporal_momentum_processors(pipe.transformer, ...) around your own call if its attention "
                 "has the frames in the batch"
             )
@@ -338,7 +338,7 @@ def _pipeline_kind(pipe) -> str:
     pag = _classes((("diffusers.pipelines.pag.pag_utils", "PAGMixin"),))
     if isinstance(pipe, pag):
         raise TypeError(
-            f"zero_shot_video cannot drive {pipe_name}: perturbed-attention guidance swaps the self-attention "
+            f"pipe: zero_shot_video cannot drive {pipe_name}: perturbed-attention guidance swaps the self-attention "
             "processors during the call, which would replace temporal momentum on those layers; use the pipeline "
             "without PAG"
         )
@@ -349,7 +349,7 @@ def _pipeline_kind(pipe) -> str:
     if isinstance(unet, classes(_FRAME_AXIS_2_UNETS)):
         if not {"prompt", "num_frames", "latents"} <= params.keys():
             raise TypeError(
-                f"zero_shot_video cannot drive {pipe_name}: a video pipeline ({unet_name}) must take `prompt`, "
+                f"pipe: zero_shot_video cannot drive {pipe_name}: a video pipeline ({unet_name}) must take `prompt`, "
                 "`num_frames` and `latents` (text-to-video: AnimateDiffPipeline, TextToVideoSDPipeline); use "
                 "temporal_momentum_processors(pipe.unet, ...) around your own call"
             )
@@ -358,9 +358,9 @@ def _pipeline_kind(pipe) -> str:
         params
     ):
         raise TypeError(
-            f"zero_shot_video cannot drive {pipe_name} ({unet_name}): it drives text-to-image pipelines that take "
-            "`prompt`, `num_images_per_prompt` and `latents` (Stable Diffusion) and text-to-video pipelines with "
-            "(B, C, F, H, W) latents and `num_frames` (AnimateDiff, TextToVideoSD); for others use "
+            f"pipe: zero_shot_video cannot drive {pipe_name} ({unet_name}): it drives text-to-image pipelines "
+            "that take `prompt`, `num_images_per_prompt` and `latents` (Stable Diffusion) and text-to-video "
+            "pipelines with (B, C, F, H, W) latents and `num_frames` (AnimateDiff, TextToVideoSD); for others use "
             "temporal_momentum_processors(pipe.unet, ...) around your own call"
         )
     return "image"
@@ -465,7 +465,7 @@ def zero_shot_video(
 # --------------------------------------------------------------------------- a tiny pipeline for tests and the demo
 
 
-def _byte_level_alphabet() -> list[str]:
+def byte_level_alphabet() -> list[str]:
     """The 256 printable stand-ins for bytes that byte-level BPE tokenizers (GPT-2, CLIP) use."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     remapped = iter(range(256, 512))
@@ -476,7 +476,7 @@ def _tiny_clip_tokenizer(max_length: int):
     """A CLIP tokenizer with a byte-level vocabulary and no merges (every word splits into characters)."""
     from transformers import CLIPTokenizer
 
-    alphabet = _byte_level_alphabet()
+    alphabet = byte_level_alphabet()
     vocab = ["<|startoftext|>", "<|endoftext|>", *alphabet, *(c + "</w>" for c in alphabet)]
     with tempfile.TemporaryDirectory() as folder:
         with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:

@@ -13,7 +13,9 @@
 // Same bits as the CPU (fp32/fp16/bf16): the shared math rounds every operation on its own (no
 // fused multiply-adds, see mul_rn in csrc/common/philox.h), and the sums are taken in double, so
 // they round to the same float as the CPU's despite the different order; the searches then decide
-// alike. Every kernel launches through launch_kernel (common/launch.h), so the emulator in
+// alike. Exception: the step op's statistics outside float's range (|prev| beyond exp's range, see
+// weighted_term) are searched in double on the double means, whose last bits depend on the
+// summation order, so there CPU and GPU may differ in alpha's last bits or on near-ties. Every kernel launches through launch_kernel (common/launch.h), so the emulator in
 // tests/cuda_emulation runs them.
 //
 // Step op: a statistics kernel (per-chunk sums), a search kernel (one block per batch item: the

@@ -15,7 +15,7 @@ namespace vidmem {
 namespace noise {
 
 // Workspace: partial sums (batch, chunks, R + 1), in double: sum w p, then sum w n_k (products
-// rounded in acc_t); then the coefficients (batch, 2): sqrt(alpha), sqrt(1 - alpha).
+// rounded in acc_t, or in double outside float's range: weighted_term); then the coefficients (batch, 2): sqrt(alpha), sqrt(1 - alpha).
 template <typename acc_t>
 __device__ __forceinline__ acc_t* step_coefficients(const StepParams& p) {
   return reinterpret_cast<acc_t*>(static_cast<char*>(p.workspace) + p.coefficients_offset);

@@ -198,7 +198,6 @@ template <typename scalar_t>
 void forward_cpu(const Layout& layout, const scalar_t* x, scalar_t* y, const acc_type<scalar_t>* m,
                  double m_value, const scalar_t* initial) {
   using acc_t = acc_type<scalar_t>;
-  static_assert(std::is_same<acc_t, cpu::AccOf<scalar_t>>::value, "accumulation types differ");
   const cpu::KernelTable<scalar_t>& table = cpu::kernel_table<scalar_t>(cpu::selected_isa());
   const Path path = unit_inner(layout, kX) && unit_inner(layout, kY)                    ? Path::kUnit
                     : layout.frame_stride[kX] == 1 && layout.frame_stride[kY] == 1 ? Path::kTiles

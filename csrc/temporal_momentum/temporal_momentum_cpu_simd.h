@@ -21,30 +21,20 @@
 #include <cstring>
 #include <string>
 
+#include "common/dtype.h"
+#include "common/macros.h"
+
 // VIDMEM_PORTABLE_ONLY builds the portable path alone (what other architectures get).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(VIDMEM_PORTABLE_ONLY)
+// clang ignores `#pragma GCC target`, which the AVX2/AVX-512 regions below rely on: it builds the
+// portable path alone.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(VIDMEM_PORTABLE_ONLY)
 #include <immintrin.h>
 #define VIDMEM_X86_SIMD 1
-#endif
-
-#ifndef VIDMEM_ALWAYS_INLINE
-#define VIDMEM_ALWAYS_INLINE inline __attribute__((always_inline))
 #endif
 
 namespace vidmem {
 namespace momentum {
 namespace cpu {
-
-template <typename S>
-struct AccOfT {
-  using type = float;
-};
-template <>
-struct AccOfT<double> {
-  using type = double;
-};
-template <typename S>
-using AccOf = typename AccOfT<S>::type;
 
 // One task's forward frames [t_begin, t_end) over `lanes` lanes. Pointers are at the task's
 // first lane, frame 0. `state` holds each lane's state on entry and receives it on exit; `m`
@@ -60,9 +50,9 @@ struct ForwardJob {
   int64_t t_begin, t_end;
   bool reset_at_frame0;  // no initial: y_0 = x_0
   bool non_temporal;     // stream the output past the caches (large outputs)
-  const AccOf<S>* m;
-  AccOf<S> m_value;
-  AccOf<S>* state;
+  const acc_type<S>* m;
+  acc_type<S> m_value;
+  acc_type<S>* state;
 };
 
 // Backward frames [t_begin, t_end), walked from the end. `a` holds a_{t_end} on entry and
@@ -80,11 +70,11 @@ struct BackwardJob {
   int64_t t_begin, t_end;
   bool has_initial;
   bool non_temporal;
-  const AccOf<S>* m;
-  AccOf<S> m_value;
-  const AccOf<S>* initial;
-  AccOf<S>* a;
-  AccOf<S>* dm;
+  const acc_type<S>* m;
+  acc_type<S> m_value;
+  const acc_type<S>* initial;
+  acc_type<S>* a;
+  acc_type<S>* dm;
 };
 
 // [tensor momentum][exact endpoints or dm]

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _dtypes(text: str | None):
+def parse_dtypes(text: str | None):
     import torch
 
     if not text:
@@ -93,7 +93,7 @@ def run(args) -> int:
         print(f"--ops: unknown op(s) {given}; choose from {', '.join(OPS)}", file=sys.stderr)
         return 2
     try:
-        dtypes = _dtypes(args.dtypes)
+        dtypes = parse_dtypes(args.dtypes)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
