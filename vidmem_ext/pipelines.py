@@ -317,8 +317,6 @@ def _pipeline_kind(pipe) -> str:
 
     Otherwise raises the TypeError that says why, before anything is drawn or installed.
     """
-    import diffusers
-
     pipe_name = type(pipe).__name__
     unet = getattr(pipe, "unet", None)
     if unet is None or not hasattr(unet, "attn_processors"):
@@ -333,6 +331,8 @@ def _pipeline_kind(pipe) -> str:
         raise TypeError(f"pipe must be a diffusers pipeline with a `unet` (got {pipe_name})")
     if not callable(pipe):
         raise TypeError(f"pipe must be a callable diffusers pipeline (got {pipe_name}, which cannot be called)")
+    import diffusers  # a pipeline with a diffusers UNet: diffusers is installed
+
     params = inspect.signature(pipe.__call__).parameters
     unet_name = type(unet).__name__
     pag = _classes((("diffusers.pipelines.pag.pag_utils", "PAGMixin"),))
