@@ -214,34 +214,13 @@ def detect(image, min_pixels: int = 8) -> Detection:
 # ----------------------------------------------------------------------------------------------- the model
 
 
-def _write_vocab_and_merges(folder: str) -> None:
-    """vocab.json and merges.txt of a byte-level BPE whose merges spell each prompt word as one token."""
-    from .pipelines import byte_level_alphabet
-
-    alphabet = byte_level_alphabet()
-    vocab = ["<|startoftext|>", "<|endoftext|>", *alphabet, *(c + "</w>" for c in alphabet)]
-    merges = []
-    # Longest words first: a short word's early merge (e.g. "r e" of red) would otherwise split a longer one (green).
-    for word in sorted(set(PROMPT_WORDS), key=lambda w: (-len(w), w)):
-        parts = [*word[:-1], word[-1] + "</w>"]
-        merged = parts[0]
-        for part in parts[1:]:
-            if (merged, part) not in merges:
-                merges.append((merged, part))
-            merged += part
-            if merged not in vocab:
-                vocab.append(merged)
-    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump({token: i for i, token in enumerate(vocab)}, f)
-    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-
-
 def _word_tokenizer(folder: str):
     """A CLIP tokenizer whose vocabulary has each prompt word as one token (bytes for anything else)."""
     from transformers import CLIPTokenizer
 
-    _write_vocab_and_merges(folder)
+    from .pipelines import write_clip_vocab
+
+    write_clip_vocab(folder, PROMPT_WORDS)
     tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=MAX_PROMPT_TOKENS)
     for word in PROMPT_WORDS:
         if len(tokenizer.tokenize(word)) != 1:  # a merge order problem would silently weaken the model
@@ -456,6 +435,8 @@ def train(out: str, config: TrainConfig | None = None, progress: bool = True) ->
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
 
+    from .pipelines import write_clip_vocab
+
     config = config or TrainConfig()
     start = time.perf_counter()
     previous_threads = torch.get_num_threads()
@@ -548,7 +529,7 @@ def train(out: str, config: TrainConfig | None = None, progress: bool = True) ->
         os.makedirs(out, exist_ok=True)
         pipe.save_pretrained(out, safe_serialization=True)
         # Newer transformers save only tokenizer.json; the slow CLIPTokenizer of older ones needs these two
-        _write_vocab_and_merges(os.path.join(out, "tokenizer"))
+        write_clip_vocab(os.path.join(out, "tokenizer"), PROMPT_WORDS)
         _loss_curve(vae_losses, unet_losses, os.path.join(out, "loss_curve.png"))
         report = {
             "config": dataclasses.asdict(config),

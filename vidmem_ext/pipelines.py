@@ -465,24 +465,41 @@ def zero_shot_video(
 # --------------------------------------------------------------------------- a tiny pipeline for tests and the demo
 
 
-def byte_level_alphabet() -> list[str]:
+def _byte_level_alphabet() -> list[str]:
     """The 256 printable stand-ins for bytes that byte-level BPE tokenizers (GPT-2, CLIP) use."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     remapped = iter(range(256, 512))
     return [chr(b) if b in printable else chr(next(remapped)) for b in range(256)]
 
 
+def write_clip_vocab(folder: str, words=()) -> None:
+    """vocab.json and merges.txt of a byte-level BPE in CLIP's format: every byte is a token, and merges
+    spell each of `words` as one token (none: every word splits into characters)."""
+    alphabet = _byte_level_alphabet()
+    vocab = ["<|startoftext|>", "<|endoftext|>", *alphabet, *(c + "</w>" for c in alphabet)]
+    merges = []
+    # Longest words first: a short word's early merge (e.g. "r e" of red) would otherwise split a longer one (green).
+    for word in sorted(set(words), key=lambda w: (-len(w), w)):
+        parts = [*word[:-1], word[-1] + "</w>"]
+        merged = parts[0]
+        for part in parts[1:]:
+            if (merged, part) not in merges:
+                merges.append((merged, part))
+            merged += part
+            if merged not in vocab:
+                vocab.append(merged)
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump({token: i for i, token in enumerate(vocab)}, f)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+
+
 def _tiny_clip_tokenizer(max_length: int):
     """A CLIP tokenizer with a byte-level vocabulary and no merges (every word splits into characters)."""
     from transformers import CLIPTokenizer
 
-    alphabet = byte_level_alphabet()
-    vocab = ["<|startoftext|>", "<|endoftext|>", *alphabet, *(c + "</w>" for c in alphabet)]
     with tempfile.TemporaryDirectory() as folder:
-        with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
-            json.dump({token: i for i, token in enumerate(vocab)}, f)
-        with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
-            f.write("#version: 0.2\n")
+        write_clip_vocab(folder)
         return CLIPTokenizer.from_pretrained(folder, model_max_length=max_length)
 
 

@@ -165,7 +165,7 @@ void forward_strided(const cpu::ForwardJob<scalar_t>& job) {
     for (int64_t j = 0; j < job.lanes; ++j) {
       const acc_t v = static_cast<acc_t>(job.x[t * job.x_frame_stride + j * job.x_lane_stride]);
       const acc_t m = job.m ? job.m[j] : job.m_value;
-      job.state[j] = (t == 0 && job.reset_at_frame0) ? v : cpu::ema_exact_scalar(m, acc_t(1) - m, job.state[j], v);
+      job.state[j] = (t == 0 && job.reset_at_frame0) ? v : ema_step(m, acc_t(1) - m, job.state[j], v);
       if (job.y) job.y[t * job.y_frame_stride + j * job.y_lane_stride] = static_cast<scalar_t>(job.state[j]);
     }
   }
@@ -178,11 +178,11 @@ void backward_strided(const cpu::BackwardJob<scalar_t>& job) {
     for (int64_t j = 0; j < job.lanes; ++j) {
       const acc_t m = job.m ? job.m[j] : job.m_value;
       const acc_t gy = static_cast<acc_t>(job.grad_y[t * job.grad_y_frame_stride + j * job.grad_y_lane_stride]);
-      const acc_t a = cpu::reverse_exact_scalar(m, job.a[j], gy);
+      const acc_t a = ema_reverse_step(m, job.a[j], gy);
       job.a[j] = a;
       if (!job.grad_x) continue;
       job.grad_x[t * job.grad_x_frame_stride + j * job.grad_x_lane_stride] =
-          static_cast<scalar_t>(unscaled ? a : cpu::input_grad_exact_scalar(m, acc_t(1) - m, a));
+          static_cast<scalar_t>(unscaled ? a : ema_input_grad(m, acc_t(1) - m, a));
       if (!job.dm || unscaled) continue;  // without initial, y_0 = x_0 does not depend on m
       const acc_t xv = static_cast<acc_t>(job.x[t * job.x_frame_stride + j * job.x_lane_stride]);
       const acc_t prev =

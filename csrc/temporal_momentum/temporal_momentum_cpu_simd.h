@@ -23,6 +23,7 @@
 
 #include "common/dtype.h"
 #include "common/macros.h"
+#include "temporal_momentum/temporal_momentum.h"
 
 // VIDMEM_PORTABLE_ONLY builds the portable path alone (what other architectures get).
 // clang ignores `#pragma GCC target`, which the AVX2/AVX-512 regions below rely on: it builds the
@@ -87,26 +88,9 @@ struct KernelTable {
   int vector_lanes;
 };
 
-// The steps with the endpoints exact (docs/semantics.md), whatever the other operand holds:
-// forward, m == 0 gives x and m == 1 keeps the previous state (else m * prev + (1 - m) * x);
-// backward, m == 0 gives a_t = dy_t (else dy_t + m * a_{t+1}) and m == 1 gives dx_t = 0 (else
-// (1 - m) * a_t). The vector types' *_exact functions blend to the same results.
-template <typename acc_t>
-inline acc_t ema_exact_scalar(acc_t m, acc_t c, acc_t prev, acc_t x) {
-  if (m == acc_t(0)) return x;
-  if (m == acc_t(1)) return prev;
-  return m * prev + c * x;
-}
-
-template <typename acc_t>
-inline acc_t reverse_exact_scalar(acc_t m, acc_t next, acc_t grad_y) {
-  return m == acc_t(0) ? grad_y : grad_y + m * next;
-}
-
-template <typename acc_t>
-inline acc_t input_grad_exact_scalar(acc_t m, acc_t c, acc_t a) {
-  return m == acc_t(1) ? acc_t(0) : c * a;
-}
+// The scalar steps are the shared ones of temporal_momentum.h (ema_step, ema_reverse_step,
+// ema_input_grad: exact at momentum 0 and 1); the vector types' *_exact functions blend to the
+// same results.
 
 // ============================================================================ portable
 
@@ -148,17 +132,17 @@ struct Vec {
   }
   static reg ema_exact(const reg& m, const reg& c, const reg& prev, const reg& x) {
     reg r;
-    for (int i = 0; i < N; ++i) r.v[i] = ema_exact_scalar(m.v[i], c.v[i], prev.v[i], x.v[i]);
+    for (int i = 0; i < N; ++i) r.v[i] = ema_step(m.v[i], c.v[i], prev.v[i], x.v[i]);
     return r;
   }
   static reg reverse_exact(const reg& m, const reg& next, const reg& grad_y) {
     reg r;
-    for (int i = 0; i < N; ++i) r.v[i] = reverse_exact_scalar(m.v[i], next.v[i], grad_y.v[i]);
+    for (int i = 0; i < N; ++i) r.v[i] = ema_reverse_step(m.v[i], next.v[i], grad_y.v[i]);
     return r;
   }
   static reg input_grad_exact(const reg& m, const reg& c, const reg& a) {
     reg r;
-    for (int i = 0; i < N; ++i) r.v[i] = input_grad_exact_scalar(m.v[i], c.v[i], a.v[i]);
+    for (int i = 0; i < N; ++i) r.v[i] = ema_input_grad(m.v[i], c.v[i], a.v[i]);
     return r;
   }
   static void transpose(reg (&t)[N]) {
