@@ -179,6 +179,7 @@ constexpr uint16_t kBFloat16NaN = 0x7FC0;  // no sign
 // which -Wmaybe-uninitialized reports wherever they inline; nothing here reads undefined data.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 // ---------------------------------------------------------------------------- AVX2
 
