@@ -91,8 +91,30 @@ def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: tor
         # reference is plain PyTorch and composes with every transform (same values, slower).
         return reference.temporal_momentum_loop(x, m_tensor if m_tensor is not None else m_value, dim, initial)
     if _backend.use_kernel("temporal_momentum", x.device):
-        return torch.ops.vidmem_ext.temporal_momentum(x, m_tensor, m_value, dim, initial)
+        if torch.compiler.is_compiling():  # traced: the registered op, its fake kernel and its autograd
+            return torch.ops.vidmem_ext.temporal_momentum(x, m_tensor, m_value, dim, initial)
+        return _eager_call(x, m_tensor, m_value, dim, initial)
     return reference.temporal_momentum_loop(x, m_tensor if m_tensor is not None else m_value, dim, initial)
+
+
+def _eager_call(x, m_tensor, m_value, dim, initial):
+    """The op in eager mode, without the per-call Python layers of the registered autograd.
+
+    The registered autograd (torch.library.register_autograd below) serves torch.compile, opcheck and
+    direct torch.ops calls; in eager mode its wrapping costs tens of microseconds a call, as much as
+    the kernel itself on a 5 MB tensor. Here a call that needs no gradient goes straight to the
+    kernel, and one that does goes through _EagerTemporalMomentum: the same setup and backward
+    functions as the registered autograd, so the same gradients, double backward included.
+    """
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad
+        or (m_tensor is not None and m_tensor.requires_grad)
+        or (initial is not None and initial.requires_grad)
+    )
+    if needs_grad:
+        return _EagerTemporalMomentum.apply(x, m_tensor, m_value, dim, initial)
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.vidmem_ext.temporal_momentum.default(x, m_tensor, m_value, dim, initial)
 
 
 # --------------------------------------------------------------------------- torch.library registrations
@@ -127,15 +149,32 @@ if _backend.compiled():
         if x is None:  # the op checks x's and y's shape and dtype but does not read them here
             x = y = torch.zeros((), dtype=ctx.x_dtype, device=grad_y.device).expand(ctx.x_shape)
         want_m = momentum is not None and ctx.needs_input_grad[1]
-        grad_x, grad_m, grad_init = torch.ops.vidmem_ext.temporal_momentum_backward(
-            grad_y, x, y, momentum, ctx.momentum_value, ctx.dim, initial, want_m
-        )
+        args = (grad_y, x, y, momentum, ctx.momentum_value, ctx.dim, initial, want_m)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # create_graph: the backward's own autograd
+            grad_x, grad_m, grad_init = torch.ops.vidmem_ext.temporal_momentum_backward(*args)
+        else:  # a first-order backward: straight to the kernel
+            with torch._C._AutoDispatchBelowAutograd():
+                grad_x, grad_m, grad_init = torch.ops.vidmem_ext.temporal_momentum_backward.default(*args)
         # grad_m is per lane (frame-slice shape); reduce over the axes momentum broadcasts along.
         grad_m = grad_m.sum_to_size(momentum.shape) if want_m else None
         grad_init = grad_init if initial is not None and ctx.needs_input_grad[4] else None
         return grad_x if ctx.needs_input_grad[0] else None, grad_m, None, None, grad_init
 
     torch.library.register_autograd("vidmem_ext::temporal_momentum", _backward, setup_context=_setup_context)
+
+    class _EagerTemporalMomentum(torch.autograd.Function):
+        """Eager-mode autograd of the op (see _eager_call): _setup_context and _backward as registered."""
+
+        @staticmethod
+        def forward(ctx, x, momentum, momentum_value, dim, initial):
+            with torch._C._AutoDispatchBelowAutograd():
+                y = torch.ops.vidmem_ext.temporal_momentum.default(x, momentum, momentum_value, dim, initial)
+            _setup_context(ctx, (x, momentum, momentum_value, dim, initial), y)
+            return y
+
+        @staticmethod
+        def backward(ctx, grad_y):
+            return _backward(ctx, grad_y)
 
     # ----------------------------------------------------------------------- second order
     # The backward op is linear in grad_y: a_t = gy_t + m a_(t+1) (a reverse scan), then
