@@ -155,7 +155,10 @@ def test_goals_are_judged_against_their_targets():
 def test_timing_primitives():
     calls = []
     seconds, ratio = timing.alternating(lambda: calls.append("b"), lambda: calls.append("c"), repeats=4, warmup=1)
-    assert calls == ["b", "c"] * 5 and seconds >= 0 and ratio > 0
+    assert calls == ["b", "c"] + (["b"] * 3 + ["c"] * 3) * 4 and seconds >= 0 and ratio > 0
+    calls.clear()
+    timing.alternating(lambda: calls.append("b"), lambda: calls.append("c"), repeats=2, warmup=0, block=1)
+    assert calls == ["b", "c"] * 2
     assert timing.median_time(lambda: None, "cpu", repeats=3, warmup=0) >= 0
     with pytest.raises(ValueError, match="allocation mode"):
         with timing.allocation_mode("huge"):

@@ -112,7 +112,10 @@ def run(args) -> int:
     if device.type == "cpu":
         with allocation_mode("mapped") as mapped:
             pass  # stays in effect for the run (see timing.allocation_mode)
-        meta["timing"] = "CPU: medians of runs alternating with x.clone(), ratios = median of per-pair ratios; " + (
+        meta["timing"] = (
+            "CPU: medians of runs in blocks of 3 alternating with x.clone() (the first run of each block untimed), "
+            "ratios = median of per-block ratios; "
+        ) + (
             "memory stays mapped (mallopt raised glibc's mmap and trim thresholds; tensors <= 32 MB); "
             "fresh_x_clone: the same with every allocation mapped fresh"
             if mapped

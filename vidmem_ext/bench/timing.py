@@ -1,9 +1,9 @@
 """Timing primitives shared by every benchmark: device names, medians, alternating runs, allocation modes.
 
 On CUDA each run is timed with events on the current stream. On the CPU (development machines are
-shared and noisy) a candidate is timed in alternation with its baseline (usually `x.clone()`), and the
-ratio is the median of the per-pair ratios, which load from other processes disturbs far less than
-two medians taken minutes apart.
+shared and noisy) a candidate is timed in alternating blocks with its baseline (usually `x.clone()`),
+and the ratio is the median of the per-block ratios, which load from other processes disturbs far
+less than two medians taken minutes apart.
 
 Allocation modes (CPU, glibc): with "mapped", large allocations come from the heap and freed memory
 stays mapped (the mmap and trim thresholds raised through mallopt), so a call pays for moving its
@@ -93,21 +93,37 @@ def median_time(fn: Callable[[], object], device="cpu", repeats: int = 10, warmu
     return statistics.median(times)
 
 
-def alternating(baseline: Callable[[], object], candidate: Callable[[], object], repeats: int, warmup: int = 1):
-    """CPU: run baseline and candidate in alternation; return (median candidate seconds, median of the
-    per-pair ratios candidate time / baseline time)."""
+def alternating(baseline: Callable[[], object], candidate: Callable[[], object], repeats: int, warmup: int = 1,
+                block: int = 3):  # fmt: skip
+    """CPU: run baseline and candidate in alternating blocks; return (median candidate seconds, median of the
+    per-block ratios candidate time / baseline time).
+
+    Each block runs one function `block` times and times all runs but the first, so every timed run
+    follows a run of the same function: each is measured in its own steady state, not in the cache
+    state the other one left (a 25 MB op that streams its output past the caches leaves its input
+    cached for a following clone, and the reverse). The blocks alternate, so load from other
+    processes affects both alike.
+    """
     for _ in range(warmup):
         baseline()
         candidate()
+    block = max(int(block), 1)
+
+    def timed_block(fn):
+        times = []
+        for i in range(block):
+            t0 = time.perf_counter()
+            fn()
+            if i > 0 or block == 1:
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
     times, ratios = [], []
     for _ in range(max(repeats, 1)):
-        t0 = time.perf_counter()
-        baseline()
-        t1 = time.perf_counter()
-        candidate()
-        t2 = time.perf_counter()
-        times.append(t2 - t1)
-        ratios.append((t2 - t1) / max(t1 - t0, 1e-9))
+        base = timed_block(baseline)
+        cand = timed_block(candidate)
+        times.append(cand)
+        ratios.append(cand / max(base, 1e-9))
     return statistics.median(times), statistics.median(ratios)
 
 
