@@ -164,12 +164,16 @@ int64_t task_grain(const TaskGrid& grid, int64_t frames) {
 }
 
 // Per-lane momentum of a block into `out` (padded with zeros to a whole vector); returns
-// whether some lane is exactly 0 or 1 (then the kernels take the exact-endpoint step).
+// whether some lane is exactly 0 or 1 (then the kernels take the exact-endpoint step). With a
+// float momentum the kernels take m_value itself, and `out` is filled only when the caller reads
+// it (chunk carries, the initial state's gradient): a short call would spend a sixth of its
+// stores on it.
 template <typename acc_t>
-bool load_momentum(const Layout& layout, const LaneBlock& b, const acc_t* m, acc_t m_value, acc_t* out) {
+bool load_momentum(const Layout& layout, const LaneBlock& b, const acc_t* m, acc_t m_value, acc_t* out,
+                   bool float_values_read) {
   bool endpoint = false;
-  if (m == nullptr) {  // the kernels take m_value itself; `out` only feeds the chunk carries
-    std::fill(out, out + b.count, m_value);
+  if (m == nullptr) {
+    if (float_values_read) std::fill(out, out + b.count, m_value);
     endpoint = m_value == acc_t(0) || m_value == acc_t(1);
   } else {
     const acc_t* base = m + lane_offset(layout, kMomentum, b.coords);
@@ -248,10 +252,12 @@ void forward_cpu(const Layout& layout, const scalar_t* x, scalar_t* y, const acc
     for (int64_t task = begin; task < end; ++task) {
       const int64_t q = task / grid.per_chunk;
       const LaneBlock b = grid.block(layout, task % grid.per_chunk);
-      const bool endpoint = load_momentum(layout, b, m, static_cast<acc_t>(m_value), mbuf.data());
+      const bool endpoint = load_momentum(layout, b, m, static_cast<acc_t>(m_value), mbuf.data(), grid.chunks > 1);
       const scalar_t* init = initial ? initial + lane_offset(layout, kInitial, b.coords) : nullptr;
       const int64_t is = inner_stride(layout, kInitial);
-      std::fill(state.begin(), state.begin() + b.count + kMaxVectorLanes, acc_t(0));
+      if (q > 0 || !reset) {  // else the kernel sets the state from frame 0
+        std::fill(state.begin(), state.begin() + b.count + kMaxVectorLanes, acc_t(0));
+      }
       if (kStore && (init != nullptr || q > 0)) {  // else a zero start (frame 0 resets anyway)
         for (int64_t j = 0; j < b.count; ++j) {
           const acc_t start = init ? static_cast<acc_t>(init[j * is]) : acc_t(0);
@@ -343,10 +349,14 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const acc_type<sc
       const int64_t q = task / grid.per_chunk + (kStore ? 0 : 1);
       const LaneBlock b = grid.block(layout, task % grid.per_chunk);
       const int64_t n = b.count;
-      const bool endpoint = load_momentum(layout, b, m, static_cast<acc_t>(m_value), mbuf.data());
-      std::fill(a.begin(), a.end(), acc_t(0));
-      std::fill(dm.begin(), dm.end(), acc_t(0));
-      std::fill(init.begin(), init.end(), acc_t(0));
+      const bool endpoint =
+          load_momentum(layout, b, m, static_cast<acc_t>(m_value), mbuf.data(), grid.chunks > 1 || has_init);
+      const int64_t used = n + kMaxVectorLanes;
+      std::fill(a.begin(), a.begin() + used, acc_t(0));
+      if (momentum_grad) {
+        std::fill(dm.begin(), dm.begin() + used, acc_t(0));
+        std::fill(init.begin(), init.begin() + used, acc_t(0));
+      }
       if (kStore && q < grid.chunks - 1) {  // the last chunk starts from a zero a
         for (int64_t j = 0; j < n; ++j) {
           a[j] = backward_chunk_carry(aggregates.data(), lanes, b.lane + j, q, grid.chunks, frames, grid.chunk_len,
