@@ -188,3 +188,14 @@ def test_impls_and_budget_narrow_the_run(tiny, tmp_path):
     assert bench.main([*argv, "--budget", "0", "--out", str(out)]) == 0
     rows = json.loads((out / "bench.json").read_text())["rows"]
     assert len(rows) == len(TINY_LAYOUTS) and all("past the --budget" in r["note"] for r in rows)
+
+
+def test_runs_take_the_median_of_each_figure():
+    from vidmem_ext import bench
+
+    def row(ratio, note="n"):
+        return {"op": "momentum", "case": "c", "size": "2x3", "dtype": "float32", "impl": "vidmem_ext", "mode": "fwd",
+                "median_ms": ratio * 2, "x_clone": ratio, "fresh_x_clone": None, "note": note}  # fmt: skip
+
+    merged = bench.median_rows([[row(1.0, "first")], [row(3.0)], [row(1.5)]])
+    assert merged == [{**row(1.5, "first"), "median_ms": 3.0}]

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--impls", default=None, help="momentum: only these implementations (e.g. vidmem_ext)")
     parser.add_argument("--budget", type=float, default=None, help="seconds; cases past it are reported as skipped")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="run every case this many times; each figure is the median over the runs")  # fmt: skip
 
 
 def parse_dtypes(text: str | None):
@@ -80,6 +82,26 @@ def collect(device, ops, *, quick: bool, dtypes=None, compile_loop: bool = True,
     return rows, momentum.goals(rows, device) + noise.goals(rows, device)
 
 
+def median_rows(runs: list[list[dict]]) -> list[dict]:
+    """One row per case of the first run; each numeric figure is the median of that case's figure over
+    the runs that have it (a shared machine's L3 and memory bandwidth change from minute to minute)."""
+    import statistics
+
+    def key(row):
+        return tuple(row.get(k) for k in ("op", "case", "size", "dtype", "impl", "mode"))
+
+    merged = []
+    for row in runs[0]:
+        same = [r for rows in runs for r in rows if key(r) == key(row)]
+        out = dict(row)
+        for name, value in row.items():
+            if isinstance(value, float):
+                values = [r[name] for r in same if isinstance(r.get(name), float)]
+                out[name] = statistics.median(values)
+        merged.append(out)
+    return merged
+
+
 def run(args) -> int:
     import torch
 
@@ -100,6 +122,9 @@ def run(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA GPU is available to this torch", file=sys.stderr)
+        return 2
+    if args.runs < 1:
+        print(f"--runs must be >= 1, got {args.runs}", file=sys.stderr)
         return 2
     if args.threads is not None:
         if args.threads < 1:
@@ -129,8 +154,17 @@ def run(args) -> int:
           f"compiled kernels: {meta['compiled']}{'; --quick' if args.quick else ''}", flush=True)  # fmt: skip
 
     impls = {name.strip() for name in args.impls.split(",")} if args.impls else None
-    rows, goals = collect(device, ops, quick=args.quick, dtypes=dtypes, compile_loop=not args.no_compile,
-                          progress=not args.no_progress, impls=impls, budget=args.budget)  # fmt: skip
+    runs = []
+    for _ in range(args.runs):
+        rows, goals = collect(device, ops, quick=args.quick, dtypes=dtypes, compile_loop=not args.no_compile,
+                              progress=not args.no_progress, impls=impls, budget=args.budget)  # fmt: skip
+        runs.append(rows)
+    if args.runs > 1:
+        from . import momentum, noise
+
+        rows = median_rows(runs)
+        goals = goals if args.quick else momentum.goals(rows, device) + noise.goals(rows, device)
+        meta["timing"] += f"; every figure is the median over {args.runs} runs of the whole benchmark"
     print(text_table(rows))
     if goals:
         print("== goals")
