@@ -12,6 +12,13 @@
 #define VIDMEM_ALWAYS_INLINE inline
 #endif
 
+// Kept out of line on the host: a large body called from several places of one kernel.
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define VIDMEM_NOINLINE __attribute__((noinline))
+#else
+#define VIDMEM_NOINLINE
+#endif
+
 // A function of the math shared by the CPU and the GPU (one definition, the same rounding).
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define VIDMEM_HD __host__ __device__ __forceinline__

@@ -102,9 +102,9 @@ int64_t cpu_chunk_len(int64_t tasks_per_chunk, int64_t frames) {
 
 int64_t block_lanes_for(Path path, int64_t inner, int64_t lanes, int64_t frames) {
   // Few frames per lane: more lanes per task, so that a task still moves tens of kilobytes.
-  if (path == Path::kTiles) {
-    const int64_t lanes = (kTileBlockElements / std::max<int64_t>(frames, 1) + 15) / 16 * 16;
-    return std::min(kMaxTileBlockLanes, std::max<int64_t>(16, lanes));
+  if (path == Path::kTiles) {  // at least two row groups of 16: the tile kernels walk them in pairs
+    const int64_t lanes = (kTileBlockElements / std::max<int64_t>(frames, 1) + 31) / 32 * 32;
+    return std::min(kMaxTileBlockLanes, std::max<int64_t>(32, lanes));
   }
   if (path == Path::kStrided) return kStridedBlockLanes;
   // Split a row evenly into blocks of at most kBlockLanes, each a whole number of cache lines
