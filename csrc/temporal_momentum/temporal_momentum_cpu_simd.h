@@ -162,11 +162,6 @@ struct Vec {
   static void store_cvt(S* p, const reg& a, bool /*non_temporal*/) {
     for (int i = 0; i < N; ++i) p[i] = static_cast<S>(a.v[i]);
   }
-  template <typename S>
-  static void store2_cvt(S* p, const reg& lo, const reg& hi, bool non_temporal) {
-    store_cvt(p, lo, non_temporal);
-    store_cvt(p + N, hi, non_temporal);
-  }
 };
 
 #include "temporal_momentum/temporal_momentum_cpu_kernels.inc"
@@ -290,11 +285,6 @@ struct Vec<float> {
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
     store_bits(p, _mm256_castsi256_si128(packed), non_temporal);
   }
-  template <typename S>
-  static void store2_cvt(S* p, reg lo, reg hi, bool non_temporal) {
-    store_cvt(p, lo, non_temporal);
-    store_cvt(p + N, hi, non_temporal);
-  }
 };
 
 template <>
@@ -336,10 +326,6 @@ struct Vec<double> {
     } else {
       _mm256_storeu_pd(p, a);
     }
-  }
-  static void store2_cvt(double* p, reg lo, reg hi, bool non_temporal) {
-    store_cvt(p, lo, non_temporal);
-    store_cvt(p + N, hi, non_temporal);
   }
 };
 
