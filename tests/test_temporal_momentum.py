@@ -270,6 +270,21 @@ def test_eager_autograd_equals_the_registered_autograd():
     assert y.grad_fn is None and not y.requires_grad and torch.equal(y, results[0][0])
 
 
+@pytest.mark.skipif(not _backend.compiled(), reason="needs the compiled kernels")
+@pytest.mark.parametrize("grad_layout", ["like x", "contiguous"])
+def test_input_grad_keeps_x_strides(grad_layout):
+    """With a float momentum the backward reads neither x nor y; grad_x still gets x's strides (so
+    AccumulateGrad keeps it as is), whatever grad_y's layout, and equals the reference's gradient."""
+    gen = torch.Generator().manual_seed(23)
+    x = torch.randn(4, 6, 5, 3, generator=gen).permute(0, 3, 1, 2).requires_grad_()  # channels-last-like
+    grad_y = torch.randn(x.shape, generator=gen)
+    grad_y = torch.empty_like(x).copy_(grad_y) if grad_layout == "like x" else grad_y.contiguous()
+    (grad_x,) = torch.autograd.grad(tm(x, 0.7, 2), x, grad_y)  # the op's own output (no AccumulateGrad)
+    assert grad_x.stride() == x.stride()
+    expected = torch.autograd.grad(reference.temporal_momentum_loop(x.double(), 0.7, 2), x, grad_y.double())[0]
+    assert_close(grad_x, expected.float(), 1e-5)
+
+
 def test_fallback_reference_equals_kernel(monkeypatch):
     gen = torch.Generator().manual_seed(8)
     x = make_tensor((6, 3, 5), torch.float64, "permuted", gen).requires_grad_()

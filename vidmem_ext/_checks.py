@@ -19,11 +19,17 @@ import operator
 FLOAT_DTYPE_NAMES = "float16, bfloat16, float32 or float64"
 
 
+_FLOAT_DTYPES: tuple = ()
+
+
 def float_dtypes() -> tuple:
     """The floating dtypes every op takes."""
-    import torch
+    global _FLOAT_DTYPES
+    if not _FLOAT_DTYPES:  # built on first use: torch is not imported at import time
+        import torch
 
-    return (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    return _FLOAT_DTYPES
 
 
 def acc_dtype(dtype):
@@ -69,6 +75,8 @@ def check_real(
 
 def check_momentum(momentum, name: str = "momentum"):
     """A real number in [0, 1] (returned as float) or a floating tensor (returned as is; callers check its shape)."""
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:  # the common call, checked first (ops run per frame)
+        return momentum
     import torch
 
     if isinstance(momentum, torch.Tensor):
