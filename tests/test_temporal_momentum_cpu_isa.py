@@ -194,18 +194,24 @@ def test_bfloat16_rounding_of_fp32_denormals(monkeypatch, isas):
         assert torch.equal(bits(vidmem_ext.temporal_momentum(x, 0.5, 0)), bits(expected)), isa
 
 
-def test_streaming_stores_give_the_same_bits(monkeypatch, isas):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_streaming_stores_give_the_same_bits(monkeypatch, isas, dtype):
     """Large outputs take non-temporal stores (here forced from 0 bytes on): the same bits, on
-    both vector layouts, with unaligned rows; a bad threshold is an error."""
+    both vector layouts, with unaligned rows. Frames-last half types stream pairs of tiles (32
+    frames, whole lines) and store the last frames through the cache: 96 frames are pairs only,
+    83 leave a tail and rows that are not line-aligned; a momentum tensor (dm reads x and y too)
+    takes single tiles."""
     monkeypatch.setenv("VIDMEM_EXT_CPU_STREAMING_BYTES", "0")
     gen = torch.Generator().manual_seed(5)
-    for shape, dim in [((16, 7001), 0), ((499, 260), 1), ((3, 130, 33), 1)]:
-        x = torch.randn(shape, generator=gen)
-        grad_y = torch.randn(shape, generator=gen)
-        portable = run(monkeypatch, "portable", x, 0.9, dim, None, grad_y)
+    cases = [((16, 7001), 0), ((499, 260), 1), ((3, 130, 33), 1), ((40, 96), 1), ((37, 83), 1)]
+    for (shape, dim), kind in itertools.product(cases, ["float", "tensor"]):
+        x = torch.randn(shape, generator=gen).to(dtype)
+        grad_y = torch.randn(shape, generator=gen).to(dtype)
+        m = make_momentum(kind, x.select(dim, 0).shape, dtype, gen)
+        portable = run(monkeypatch, "portable", x, m, dim, None, grad_y)
         for isa in isas:
-            for a, b in zip(portable, run(monkeypatch, isa, x, 0.9, dim, None, grad_y)):
-                assert torch.equal(bits(a), bits(b)), (isa, shape)
+            for a, b in zip(portable, run(monkeypatch, isa, x, m, dim, None, grad_y)):
+                assert torch.equal(bits(a), bits(b)), (isa, shape, kind)
 
 
 def test_bad_streaming_threshold_is_an_error(monkeypatch):

@@ -42,7 +42,8 @@ def device_name(device: torch.device | str) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{cpu} ({threads} thread{'' if threads == 1 else 's'})"
 
 
 def build_info() -> dict:
