@@ -99,6 +99,17 @@ def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: tor
     return reference.temporal_momentum_loop(x, m_tensor if m_tensor is not None else m_value, dim, initial)
 
 
+_BelowAutograd = torch._C._AutoDispatchBelowAutograd
+
+
+@functools.cache
+def _kernel(name: str):
+    """torch.ops.vidmem_ext.<name>.default as the dispatcher's own callable (OpOverload's `_op`, where
+    present): a call then skips OpOverload.__call__'s Python frame, about 1 us of a 3 us call."""
+    overload = getattr(torch.ops.vidmem_ext, name).default
+    return getattr(overload, "_op", overload)
+
+
 def _eager_call(x, m_tensor, m_value, dim, initial):
     """The op in eager mode, without the per-call Python layers of the registered autograd.
 
@@ -117,17 +128,6 @@ def _eager_call(x, m_tensor, m_value, dim, initial):
         return _EagerTemporalMomentum.apply(x, m_tensor, m_value, dim, initial)
     with _BelowAutograd():
         return _kernel("temporal_momentum")(x, m_tensor, m_value, dim, initial)
-
-
-_BelowAutograd = torch._C._AutoDispatchBelowAutograd
-
-
-@functools.cache
-def _kernel(name: str):
-    """torch.ops.vidmem_ext.<name>.default as the dispatcher's own callable (OpOverload's `_op`, where
-    present): a call then skips OpOverload.__call__'s Python frame, about 1 us of a 3 us call."""
-    overload = getattr(torch.ops.vidmem_ext, name).default
-    return getattr(overload, "_op", overload)
 
 
 # --------------------------------------------------------------------------- torch.library registrations
