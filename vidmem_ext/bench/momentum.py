@@ -66,8 +66,22 @@ def default_dtypes(device: torch.device, quick: bool = False) -> list[torch.dtyp
     return [torch.float32, torch.bfloat16] + ([torch.float16] if device.type == "cpu" and not quick else [])
 
 
-def load_peers() -> dict[str, object]:
-    """Importable peer scans by name, or the reason each is missing (a str)."""
+def load_peers(only=None) -> dict[str, object]:
+    """Importable peer scans by name, or the reason each is missing (a str). With `only` (a set of
+    implementation names), only the peers named there are imported: accelerated-scan's warp scan
+    compiles a CUDA extension on its first import, which a run that leaves it out should not pay."""
+    peers: dict[str, object] = {}
+    wanted = lambda *names: only is None or any(name in only for name in names)  # noqa: E731
+    if wanted("accelerated-scan warp"):
+        peers.update(_load_accelerated_scan_warp())
+    if wanted("accelerated-scan triton"):
+        peers.update(_load_accelerated_scan_triton())
+    if wanted("fla hgrn chunk", "fla hgrn fused_recurrent"):
+        peers.update(_load_fla())
+    return peers
+
+
+def _load_accelerated_scan_warp() -> dict[str, object]:
     peers: dict[str, object] = {}
     try:
         from accelerated_scan.warp import scan as warp_scan  # type: ignore[import-not-found]
@@ -75,12 +89,22 @@ def load_peers() -> dict[str, object]:
         peers["accelerated-scan warp"] = warp_scan
     except Exception as exc:  # noqa: BLE001 - not installed, or its CUDA extension failed to build
         peers["accelerated-scan warp"] = f"not importable ({type(exc).__name__}); {PEER_INSTALL['accelerated-scan']}"
+    return peers
+
+
+def _load_accelerated_scan_triton() -> dict[str, object]:
+    peers: dict[str, object] = {}
     try:
         from accelerated_scan.triton import scan as triton_scan  # type: ignore[import-not-found]
 
         peers["accelerated-scan triton"] = triton_scan
     except Exception as exc:  # noqa: BLE001
         peers["accelerated-scan triton"] = f"not importable ({type(exc).__name__}); {PEER_INSTALL['accelerated-scan']}"
+    return peers
+
+
+def _load_fla() -> dict[str, object]:
+    peers: dict[str, object] = {}
     try:
         from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn  # type: ignore[import-not-found]
 
@@ -251,7 +275,7 @@ def _compiled_loop(dim: int):
 
 def cases(device: torch.device, *, quick: bool, dtypes=None, compile_loop: bool = True, impls=None):
     """(label, thunk) pairs; each thunk returns the rows of one layout and dtype."""
-    peers = load_peers()
+    peers = load_peers(impls)
     out = []
     for layout in layouts_for(device, quick):
         for dtype in dtypes or default_dtypes(device, quick):
