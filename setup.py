@@ -18,7 +18,10 @@ DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 # -ffp-contract=off: the shared Philox/Box-Muller math rounds every multiply and add on its own (the CUDA
 # side uses __fmul_rn/__fadd_rn); without it g++ fuses them into FMAs wherever the target has FMA
 # (aarch64, -march=native, -mfma), and seed= noise would differ between CPU and GPU.
-CXX_FLAGS = ["-O3", "-ffp-contract=off"]
+# -std=c++20: the CPU momentum kernels use requires-expressions. torch 2.13 compiles extensions as
+# C++20 by default, but torch 2.11 and older default to C++17; naming it here builds with both.
+# (nvcc keeps torch's default: the .cu files are C++17.)
+CXX_FLAGS = ["-O3", "-ffp-contract=off", "-std=c++20"]
 NVCC_FLAGS = ["-O3", "-lineinfo"]
 # VIDMEM_EXT_BWD_LAUNCH_BOUNDS=1 builds the momentum backward lane-chunks kernels with __launch_bounds__
 # limiting their registers (two blocks per SM); benchmarks/gpu_check.sh times both builds.

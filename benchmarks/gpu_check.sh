@@ -73,8 +73,8 @@ limit_of() {
   if [ -n "$DEADLINE" ]; then
     local left=$((DEADLINE - (SECONDS - START) - 20))
     [ "$left" -lt "$limit" ] && limit="$left"
-    [ "$limit" -lt 1 ] && limit=1
   fi
+  [ "$limit" -lt 1 ] && limit=1
   echo "$limit"
 }
 limited() { local limit; limit="$(limit_of "$1")"; shift; timeout -k 5 "$limit" "$@"; }
@@ -144,6 +144,7 @@ else
   # then the momentum bench against the peers with what is left. bench.png stays behind ($OUT holds
   # 8 files at most); bench.json has its data.
   total="$(limit_of "${LIMITS[3]}")"
+  stage_end=$((SECONDS + total))
   main_budget=$((total * 11 / 20))
   tmp_bench="$(mktemp -d)"
   limited $((main_budget + 15)) "$PY" -m vidmem_ext bench --device cuda --no-compile --impls "vidmem_ext,loop,matrix" \
@@ -157,7 +158,7 @@ else
     else
       log "accelerated-scan warp left out: its nvcc build had not finished or failed"
     fi
-    left="$(limit_of "${LIMITS[3]}")"
+    left="$(limit_of $((stage_end - SECONDS)))"
     limited "$left" "$PY" -m vidmem_ext bench --device cuda --no-compile --ops momentum --impls "$peers" \
       --budget $((left > 25 ? left - 15 : 10)) --stem bench_peers --out "$tmp_bench" --no-progress >>"$OUT/check.log" 2>&1
     RESULT[bench]+="; peers: $(status $?)"
@@ -193,7 +194,7 @@ else
       errors="$(sed -n "/^== $tool/,\$p" "$OUT/sanitizer.log" | grep -oE 'ERROR SUMMARY: [0-9]+' | tail -n 1 | grep -oE '[0-9]+$')"
       driver="$(sed -n "/^== $tool/,\$p" "$OUT/sanitizer.log" | grep -E '^driver:' | tail -n 1)"
       if [ -n "$errors" ]; then
-        summary+="$tool $errors errors${driver:+ ($driver)}; "
+        summary+="$tool $errors errors${driver:+ ($driver)}$([ "$rc" != 0 ] && echo ", driver exit $rc"); "
       else
         summary+="$tool: could not attach or did not finish ($(status $rc)); "
       fi

@@ -190,6 +190,27 @@ def test_impls_and_budget_narrow_the_run(tiny, tmp_path):
     assert len(rows) == len(TINY_LAYOUTS) and all("past the --budget" in r["note"] for r in rows)
 
 
+def test_rows_skipped_by_the_budget_do_not_break_the_goals():
+    # A full (not --quick) run judges the goals; rows that the budget skipped must pass through them.
+    rows, goals = bench.collect(torch.device("cpu"), ["momentum", "noise"], quick=False, budget=0, progress=False,
+                                compile_loop=False, impls={"vidmem_ext"})  # fmt: skip
+    assert rows and all(r["median_ms"] is None and "past the --budget" in r["note"] for r in rows)
+    assert all(r["dtype"] == "-" for r in rows) and goals == []
+
+
+def test_only_the_peers_asked_for_are_imported(monkeypatch):
+    loaded = []
+    monkeypatch.setattr(momentum, "_load_accelerated_scan_warp", lambda: loaded.append("warp") or {})
+    monkeypatch.setattr(momentum, "_load_accelerated_scan_triton", lambda: loaded.append("triton") or {})
+    monkeypatch.setattr(momentum, "_load_fla", lambda: loaded.append("fla") or {})
+    momentum.load_peers({"vidmem_ext", "loop"})
+    assert loaded == []
+    momentum.load_peers({"vidmem_ext", "fla hgrn chunk"})
+    assert loaded == ["fla"]
+    momentum.load_peers()
+    assert loaded == ["fla", "warp", "triton", "fla"]
+
+
 def test_runs_take_the_median_of_each_figure():
     from vidmem_ext import bench
 

@@ -70,7 +70,9 @@ def collect(device, ops, *, quick: bool, dtypes=None, compile_loop: bool = True,
     try:
         for op, label, thunk in plan:
             if budget is not None and time.perf_counter() - start > budget:
-                rows.append({"op": op, "case": label, "impl": "-", "mode": "-", "median_ms": None,
+                # every key a measured row has, so that the goals and the report read it safely
+                rows.append({"op": op, "case": label, "dtype": "-", "impl": "-", "mode": "-", "median_ms": None,
+                             "x_clone": None, "of_clone_bw": None, "fresh_x_clone": None,
                              "note": f"skipped: past the --budget of {budget:g} s"})  # fmt: skip
             else:
                 rows += thunk()

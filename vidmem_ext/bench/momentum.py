@@ -95,7 +95,10 @@ def _load_accelerated_scan_warp() -> dict[str, object]:
 def _load_accelerated_scan_triton() -> dict[str, object]:
     peers: dict[str, object] = {}
     try:
-        from accelerated_scan.triton import scan as triton_scan  # type: ignore[import-not-found]
+        try:
+            from accelerated_scan.triton import scan as triton_scan  # type: ignore[import-not-found]
+        except ModuleNotFoundError:  # 0.3 renamed its Triton scan to accelerated_scan.scalar
+            from accelerated_scan.scalar import scan as triton_scan  # type: ignore[import-not-found]
 
         peers["accelerated-scan triton"] = triton_scan
     except Exception as exc:  # noqa: BLE001
