@@ -310,7 +310,8 @@ def _kernel_grads(x, m, dim, initial, gen):
     m = m.detach().clone().requires_grad_() if isinstance(m, torch.Tensor) else m
     initial = None if initial is None else initial.detach().clone().requires_grad_()
     y = tm(x, m, dim, initial)
-    grad_y = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.dtype)
+    # drawn on the CPU (one generator for every device), then moved to y's device
+    grad_y = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=y.device, dtype=y.dtype)
     inputs = [x] + ([m] if isinstance(m, torch.Tensor) else []) + ([initial] if initial is not None else [])
     return [*torch.autograd.grad(y, inputs, grad_y), grad_y]
 
@@ -583,8 +584,9 @@ def test_cuda_more_than_2_pow_31_elements():
     x[1].fill_(3.0)
     x[2, -64:].fill_(-1.0)
     y = tm(x, 0.5, 0)
+    # y_1 = (1 + 3) / 2 = 2; y_2 = (2 + 1) / 2 = 1.5, and (2 - 1) / 2 = 0.5 in the last 64 lanes
     assert y[1, -1].item() == 2.0 and y[1, 0].item() == 2.0
-    assert y[2, -1].item() == 0.5 and y[2, 0].item() == 2.5
+    assert y[2, -1].item() == 0.5 and y[2, 0].item() == 1.5
     xt = x.t()  # frames contiguous, 2^29 lanes
     yt = tm(xt, 0.5, 1)
     assert yt[-1, 1].item() == 2.0 and yt[-1, 2].item() == 0.5
