@@ -191,7 +191,10 @@ else
       limited $((LIMITS[4] / 3)) "$SANITIZER" --tool "$tool" --error-exitcode 0 \
         "$PY" benchmarks/sanitizer_driver.py --device cuda >>"$OUT/sanitizer.log" 2>&1
       rc=$?
-      errors="$(sed -n "/^== $tool/,\$p" "$OUT/sanitizer.log" | grep -oE 'ERROR SUMMARY: [0-9]+' | tail -n 1 | grep -oE '[0-9]+$')"
+      # memcheck and synccheck end with "ERROR SUMMARY: N errors", racecheck with
+      # "RACECHECK SUMMARY: H hazards displayed (N errors, W warnings)"
+      errors="$(sed -n "/^== $tool/,\$p" "$OUT/sanitizer.log" | grep -oE 'ERROR SUMMARY: [0-9]+|\([0-9]+ errors' \
+        | tail -n 1 | grep -oE '[0-9]+')"
       driver="$(sed -n "/^== $tool/,\$p" "$OUT/sanitizer.log" | grep -E '^driver:' | tail -n 1)"
       if [ -n "$errors" ]; then
         summary+="$tool $errors errors${driver:+ ($driver)}$([ "$rc" != 0 ] && echo ", driver exit $rc"); "

@@ -41,16 +41,26 @@ MOMENTUM_CASES = [
 NOISE_CASES = [((2, 5, 4, 8, 8), 1), ((1, 3, 6, 4, 8), 2), ((3, 4, 33), 1)]
 
 
-def check(label, got, want, dtype, failures):
+def check(label, got, want, dtype, failures, factor=1):
+    """Each result within factor * TOL[dtype] of the CPU's, relative to the largest magnitude (at least 1),
+    as the test suite compares. Elementwise relative tolerances are too tight for sums over many frames
+    (dm): nvcc contracts multiply-adds into FMAs, g++ here does not, so the last bits differ."""
     got = [g for g in (got if isinstance(got, tuple | list) else [got]) if g is not None]
     want = [w for w in (want if isinstance(want, tuple | list) else [want]) if w is not None]
-    ok = len(got) == len(want) and all(
-        torch.allclose(g.detach().cpu().double(), w.detach().cpu().double(), rtol=TOL[dtype], atol=TOL[dtype])
-        for g, w in zip(got, want)
-    )
-    print(f"{'ok  ' if ok else 'FAIL'} {label}", flush=True)
+    worst, ok = 0.0, len(got) == len(want)
+    for g, w in zip(got, want):
+        g, w = g.detach().cpu().double(), w.detach().cpu().double()
+        if g.shape != w.shape:
+            ok = False
+            continue
+        if w.numel():
+            err = (g - w).abs().max().item()
+            relative = err / max(1.0, w.abs().max().item())
+            ok = ok and relative <= factor * TOL[dtype]  # False for NaN
+            worst = max(worst, relative) if relative == relative else float("nan")
+    print(f"{'ok  ' if ok else 'FAIL'} {label} (max error {worst:.2g} of the largest magnitude)", flush=True)
     if not ok:
-        failures.append(label)
+        failures.append(f"{label} ({worst:.2g})")
 
 
 def momentum_calls(device, failures):
@@ -84,7 +94,8 @@ def momentum_calls(device, failures):
                         leaves = [xg] + ([m] if with_dm else []) + ([init] if with_initial else [])
                         results.append(torch.autograd.grad(out, leaves, dy_cpu.to(dev)))
                     what = f"backward{' dm' if with_dm else ''}{' initial' if with_initial else ''}"
-                    check(f"{tag} {what}", results[0], results[1], dtype, failures)
+                    # as tests/test_temporal_momentum.py: 2x the tolerance for gradients, 10x for dm (a sum over frames)
+                    check(f"{tag} {what}", results[0], results[1], dtype, failures, factor=10 if with_dm else 2)
 
 
 def noise_calls(device, failures):
