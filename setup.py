@@ -111,7 +111,9 @@ def _extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))  # noqa: E731
-    sources = rel("csrc/*.cpp") + rel("csrc/*/*_cpu.cpp")
+    # *_cpu.cpp: each op's CPU kernels; *_cpu_*.cpp: parts of them built on their own (the momentum
+    # kernels per instruction set, so that they compile in parallel)
+    sources = rel("csrc/*.cpp") + rel("csrc/*/*_cpu.cpp") + rel("csrc/*/*_cpu_*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc")]
     cxx_flags = list(CXX_FLAGS)
     link_flags = []
