@@ -6,15 +6,7 @@
 
 #if defined(VIDMEM_X86_SIMD)
 
-namespace vidmem {
-namespace momentum {
-namespace cpu {
-
-// GCC's own intrinsics headers seed some results with a self-initialised "undefined" vector,
-// which -Wmaybe-uninitialized reports wherever they inline; nothing here reads undefined data.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+#include "temporal_momentum/temporal_momentum_cpu_x86_begin.inc"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,f16c")
@@ -168,10 +160,6 @@ VIDMEM_MOMENTUM_CPU_TABLES
 }  // namespace avx2
 #pragma GCC pop_options
 
-#pragma GCC diagnostic pop
-
-}  // namespace cpu
-}  // namespace momentum
-}  // namespace vidmem
+#include "temporal_momentum/temporal_momentum_cpu_x86_end.inc"
 
 #endif  // VIDMEM_X86_SIMD
