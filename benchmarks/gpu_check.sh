@@ -78,14 +78,20 @@ limit_of() {
   [ "$limit" -lt 1 ] && limit=1
   echo "$limit"
 }
-limited() { local limit; limit="$(limit_of "$1")"; shift; timeout -k 5 "$limit" "$@"; }
+# timeout puts the command in its own process group and signals the whole group (a build's
+# compilers too). Under 5 s left: the command is not started at all (reported as timed out).
+limited() {
+  local limit; limit="$(limit_of "$1")"; shift
+  [ -n "$DEADLINE" ] && [ "$limit" -lt 5 ] && { echo "not started: the --deadline is reached: $*" >&2; return 124; }
+  timeout -k 5 "$limit" "$@"
+}
 status() { case "$1" in 0) echo ok ;; 124|137) echo "TIMED OUT" ;; *) echo "FAILED (exit $1)" ;; esac; }
 
 # ---------------------------------------------------------------- 1 build
 stage 1 "build in place ($([ "$CPU" = 1 ] && echo "CPU run" || echo "TORCH_CUDA_ARCH_LIST=9.0"), $CORES cores)"
 if [ -n "$WHEELS" ]; then
   log "peers from $WHEELS (no index, no dependencies):"
-  "$PY" -m pip install --no-index --no-deps --find-links "$WHEELS" accelerated-scan fla-core >>"$OUT/check.log" 2>&1 \
+  limited 120 "$PY" -m pip install --no-index --no-deps --find-links "$WHEELS" accelerated-scan fla-core >>"$OUT/check.log" 2>&1 \
     && log "  installed" || log "  not installed (see check.log); the bench reports them as skipped"
 fi
 if [ "$BUILD" = 1 ]; then
@@ -94,7 +100,7 @@ if [ "$BUILD" = 1 ]; then
 else
   RESULT[build]="skipped (--no-build)"
 fi
-"$PY" -m vidmem_ext info 2>&1 | tee -a "$OUT/check.log"
+limited 60 "$PY" -m vidmem_ext info 2>&1 | tee -a "$OUT/check.log"
 log "build: ${RESULT[build]} ($((SECONDS - START)) s)"
 
 # accelerated-scan's warp scan builds a CUDA extension with nvcc on its first import: build it in the
@@ -114,7 +120,7 @@ if [ "$CPU" = 0 ] && [ "${RESULT[build]}" = ok ]; then
   (git ls-files -z --cached --others --exclude-standard 2>/dev/null || find . -path ./build -prune -o -type f -print0) \
     | tar --null -T - -cf - | tar -xf - -C "$VARIANT"
   (cd "$VARIANT" && VIDMEM_EXT_BWD_LAUNCH_BOUNDS=1 MAX_JOBS=$((CORES / 2 > 0 ? CORES / 2 : 1)) \
-    "$PY" setup.py build_ext --inplace >"$VARIANT/build.log" 2>&1; echo $? >"$VARIANT/build.rc") &
+    limited 600 "$PY" setup.py build_ext --inplace >"$VARIANT/build.log" 2>&1; echo $? >"$VARIANT/build.rc") &
   VARIANT_PID=$!
 fi
 
@@ -160,10 +166,15 @@ else
       log "accelerated-scan warp left out: its nvcc build had not finished or failed"
     fi
     left="$(limit_of $((stage_end - SECONDS)))"
-    limited "$left" "$PY" -m vidmem_ext bench --device cuda --no-compile --ops momentum --impls "$peers" \
-      --budget $((left > 25 ? left - 15 : 10)) --stem bench_peers --out "$tmp_bench" --no-progress >>"$OUT/check.log" 2>&1
-    RESULT[bench]+="; peers: $(status $?)"
-    cp "$tmp_bench"/bench_peers.json "$OUT"/ 2>/dev/null
+    if [ "$left" -lt 20 ]; then
+      log "peers: not run, $left s left in the stage"
+      RESULT[bench]+="; peers: not run (no time left)"
+    else
+      limited "$left" "$PY" -m vidmem_ext bench --device cuda --no-compile --ops momentum --impls "$peers" \
+        --budget $((left - 15)) --stem bench_peers --out "$tmp_bench" --no-progress >>"$OUT/check.log" 2>&1
+      RESULT[bench]+="; peers: $(status $?)"
+      cp "$tmp_bench"/bench_peers.json "$OUT"/ 2>/dev/null
+    fi
   fi
   rm -rf "$tmp_bench"
 fi
@@ -234,7 +245,7 @@ else
       (cd "$dir" && PYTHONPATH="$dir" limited "$half" "$PY" -m vidmem_ext bench --device cuda --ops momentum \
         --impls vidmem_ext --no-compile --stem "$build" --out "$VARIANT/out" --no-progress) >>"$OUT/check.log" 2>&1 || rc=$?
     done
-    "$PY" -c 'import json, sys; d = sys.argv[1]
+    timeout 30 "$PY" -c 'import json, sys; d = sys.argv[1]
 json.dump({b: json.load(open(f"{d}/{b}.json")) for b in ("default", "variant")}, open(sys.argv[2], "w"))' \
       "$VARIANT/out" "$OUT/bench_launch_bounds.json" 2>>"$OUT/check.log"
     RESULT[launch_bounds]="$(status $rc)"
@@ -243,12 +254,12 @@ json.dump({b: json.load(open(f"{d}/{b}.json")) for b in ("default", "variant")},
 fi
 
 [ -n "$WARP_PID" ] && { kill "$WARP_PID" 2>/dev/null; wait "$WARP_PID" 2>/dev/null; echo "== accelerated-scan warp build (rc $(cat "$WARP_DIR/rc" 2>/dev/null))"; \
-  tail -n 20 "$WARP_DIR/log"; } >>"$OUT/check.log" 2>&1
+  tail -n 20 "$WARP_DIR/log"; rm -rf "$WARP_DIR"; } >>"$OUT/check.log" 2>&1
 
 # ---------------------------------------------------------------- summary
 {
   echo "==================== vidmem_ext gpu_check summary ($([ "$CPU" = 1 ] && echo "--cpu" || echo GPU), $((SECONDS - START)) s)"
-  "$PY" - "$OUT" <<'EOF'
+  timeout 30 "$PY" - "$OUT" <<'EOF'
 import json, os, sys
 out = sys.argv[1]
 try:
@@ -299,6 +310,6 @@ failed=0
 if [ "$CPU" = 1 ]; then
   [[ "${RESULT[sanitizer]}" == *"driver on the CPU: ok"* ]] || failed=1
 else
-  echo "${RESULT[sanitizer]}" | grep -qE '(memcheck|racecheck|synccheck) [1-9][0-9]* errors' && failed=1
+  echo "${RESULT[sanitizer]}" | grep -qE '(memcheck|racecheck|synccheck) [1-9][0-9]* errors|driver exit' && failed=1
 fi
 exit "$failed"

@@ -13,10 +13,6 @@
 // When the lanes make too few tasks for the frames, the frames are split into chunks as well:
 // a first pass stores each chunk's aggregate, a second folds the aggregates in a fixed order
 // into each chunk's carry (temporal_momentum.h, shared with the CUDA kernels).
-#if __cplusplus < 202002L
-#error "the CPU momentum kernels need C++20 (requires-expressions): build with -std=c++20, as setup.py does"
-#endif
-
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ExpandUtils.h>

@@ -14,6 +14,11 @@
 // unset or "auto" takes the best one the CPU supports.
 #pragma once
 
+// 201709L: GCC 10 reports its (partial, requires-capable) C++20 mode that way; C++17 is 201703L.
+#if __cplusplus < 201709L
+#error "the CPU momentum kernels need C++20 (requires-expressions): build with -std=c++20, as setup.py does"
+#endif
+
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
@@ -195,29 +200,33 @@ inline Isa selected_isa() {
 
 template <typename S>
 const KernelTable<S>& kernel_table(Isa isa) {
-  static const KernelTable<S> portable_table = portable::make_table<S>();
+  // Each table is built on the first call of its own path, never before: make_table runs inside its
+  // instruction set's target region (AVX-512 code fills an AVX-512 table), so building the table of
+  // a set the CPU lacks would fault, whatever path the call takes.
 #if defined(VIDMEM_X86_SIMD)
-  static const KernelTable<S> avx2_table = avx2::make_table<S>();
-  static const KernelTable<S> avx512_table = avx512::make_table<S>();
   switch (isa) {
-    case Isa::kAvx2:
-      return avx2_table;
-    case Isa::kAvx512:
-      return avx512_table;
+    case Isa::kAvx2: {
+      static const KernelTable<S> table = avx2::make_table<S>();
+      return table;
+    }
     case Isa::kAvx512Bf16:
       // The BF16 instruction changes bf16 stores only: the other types share the AVX-512 kernels
       // (compiled once: each kernel table costs about a tenth of the build).
       if constexpr (std::is_same_v<S, c10::BFloat16>) {
-        static const KernelTable<S> avx512_bf16_table = avx512_bf16::make_table<S>();
-        return avx512_bf16_table;
-      } else {
-        return avx512_table;
+        static const KernelTable<S> table = avx512_bf16::make_table<S>();
+        return table;
       }
+      [[fallthrough]];
+    case Isa::kAvx512: {
+      static const KernelTable<S> table = avx512::make_table<S>();
+      return table;
+    }
     default:
       break;
   }
 #endif
-  return portable_table;
+  static const KernelTable<S> table = portable::make_table<S>();
+  return table;
 }
 
 // Orders non-temporal stores before the results are read on another thread.
