@@ -31,6 +31,9 @@
 #                                                                    limit 90 s (30 s per tool), expected ~75 s
 #   5 launch bounds  momentum bench (vidmem_ext only) of the default and the variant build, back to
 #                 back                                               limit 60 s, expected ~40 s
+#   6 profile     Nsight Compute (ncu --clock-control none) over benchmarks/profile_driver.py: the
+#                 cases where the H200 missed the goals, one line per kernel in the summary
+#                                                                    limit 60 s, expected ~40 s
 # Files under --out: check.log (build, info, launch-bounds build), tests.log, sanitizer.log,
 # bench.json, bench.md, bench_peers.json (with --wheels), bench_launch_bounds.json, summary.txt
 # (bench.png too with --cpu). The summary is printed last.
@@ -58,10 +61,10 @@ PY="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 CORES="$(nproc 2>/dev/null || echo 2)"
 if [ "$CPU" = 1 ]; then
-  #          build tests bench driver
-  LIMITS=(0 1200 1500 600 600 0)
+  #          build tests bench driver lb profile
+  LIMITS=(0 1200 1500 600 600 0 120)
 else
-  LIMITS=(0 240 120 120 90 60)
+  LIMITS=(0 240 120 120 90 60 60)
   export TORCH_CUDA_ARCH_LIST=9.0 VIDMEM_EXT_CUDA=1
 fi
 START=$SECONDS
@@ -253,6 +256,34 @@ json.dump({b: json.load(open(f"{d}/{b}.json")) for b in ("default", "variant")},
   rm -rf "$(dirname "$VARIANT")"
 fi
 
+# ---------------------------------------------------------------- 6 profile
+stage 6 "Nsight Compute over the cases that missed the goals"
+PROFILE_REPORT="$(mktemp)"
+if [ "$CPU" = 1 ]; then
+  limited "${LIMITS[6]}" "$PY" benchmarks/profile_driver.py --device cpu >>"$OUT/check.log" 2>&1
+  RESULT[profile]="skipped (--cpu); driver on the CPU: $(status $?)"
+else
+  NCU="$(command -v ncu || true)"
+  for candidate in "${CUDA_HOME:-/usr/local/cuda}/bin/ncu" /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu; do
+    [ -z "$NCU" ] && [ -x "$candidate" ] && NCU="$candidate"
+  done
+  if [ -z "$NCU" ]; then
+    RESULT[profile]="not run: ncu not found"
+  else
+    mapfile -t ncu_args < <(timeout 60 "$PY" benchmarks/profile_driver.py --ncu-args)
+    csv="$(mktemp)"
+    # --clock-control none: the card's clocks stay as they are (never change the card's settings)
+    limited "${LIMITS[6]}" "$NCU" --clock-control none --profile-from-start off --target-processes all \
+      "${ncu_args[@]}" --csv --page raw --log-file "$csv" "$PY" benchmarks/profile_driver.py >>"$OUT/check.log" 2>&1
+    rc=$?
+    timeout 30 "$PY" benchmarks/profile_driver.py --report "$csv" >"$PROFILE_REPORT" 2>&1
+    { echo "== ncu ($NCU)"; cat "$csv"; cat "$PROFILE_REPORT"; } >>"$OUT/check.log"
+    RESULT[profile]="$(status $rc), $(($(wc -l <"$PROFILE_REPORT") - 1)) kernels"
+    rm -f "$csv"
+  fi
+fi
+log "profile: ${RESULT[profile]}"
+
 [ -n "$WARP_PID" ] && { kill "$WARP_PID" 2>/dev/null; wait "$WARP_PID" 2>/dev/null; echo "== accelerated-scan warp build (rc $(cat "$WARP_DIR/rc" 2>/dev/null))"; \
   tail -n 20 "$WARP_DIR/log"; rm -rf "$WARP_DIR"; } >>"$OUT/check.log" 2>&1
 
@@ -300,6 +331,8 @@ EOF
   echo "sanitizer: ${RESULT[sanitizer]}"
   echo "bench: ${RESULT[bench]}"
   echo "launch bounds: ${RESULT[launch_bounds]}"
+  echo "profile: ${RESULT[profile]}"
+  sed 's/^/  /' "$PROFILE_REPORT"
   echo "files: $(cd "$OUT" && ls | xargs)"
 } | tee "$OUT/summary.txt"
 
@@ -309,6 +342,7 @@ failed=0
 [[ "${RESULT[bench]}" == ok* ]] || failed=1
 if [ "$CPU" = 1 ]; then
   [[ "${RESULT[sanitizer]}" == *"driver on the CPU: ok"* ]] || failed=1
+  [[ "${RESULT[profile]}" == *"driver on the CPU: ok"* ]] || failed=1
 else
   echo "${RESULT[sanitizer]}" | grep -qE '(memcheck|racecheck|synccheck) [1-9][0-9]* errors|driver exit' && failed=1
 fi
