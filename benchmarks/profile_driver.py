@@ -82,33 +82,38 @@ def run(device: torch.device) -> int:
     return 0
 
 
+# ncu's time units, in microseconds
+TIME_UNITS = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6}
+
+
 def report(path: str) -> int:
-    """One line per profiled kernel from ncu's `--csv --page raw` output (its first row: headings,
-    the second: units)."""
+    """One line per profiled kernel from ncu's `--csv --page raw` output: a row of headings, then a
+    row of units where ncu gives one, then one row per kernel ("==" lines are ncu's own messages)."""
     with open(path, newline="") as f:
-        rows = [r for r in csv.reader(line for line in f if not line.startswith("=="))]
-    if len(rows) < 3:
+        rows = [r for r in csv.reader(line for line in f if not line.startswith("==")) if r]
+    if not rows or "Kernel Name" not in rows[0]:
         print(f"no kernels profiled (see {path})")
         return 1
     head = rows[0]
+    units = rows[1] if len(rows) > 1 and rows[1][0] == "" else [""] * len(head)  # the units row has no ID
+    kernels = rows[2:] if units is rows[1] else rows[1:]
     col = {name: head.index(name) for name, _ in METRICS if name in head}
-    name_col = head.index("Kernel Name") if "Kernel Name" in head else None
+    name_col = head.index("Kernel Name")
     print(f"{'kernel':40s} " + " ".join(f"{h:>11s}" for _, h in METRICS))
-    for r in rows[2:]:
-        kernel = "?"
-        if name_col is not None:  # "void ns::name<T, N>(params)" -> "name<T, N>"
-            base = r[name_col].split("(")[0].removeprefix("void ")
-            name, _, targs = base.partition("<")
-            kernel = (name.split("::")[-1] + (f"<{targs}" if targs else ""))[:40]
+    for r in kernels:
+        if len(r) != len(head):
+            continue
+        base = r[name_col].split("(")[0].removeprefix("void ")  # "void ns::name<T, N>(params)" -> "name<T, N>"
+        name, _, targs = base.partition("<")
+        kernel = (name.split("::")[-1] + (f"<{targs}" if targs else ""))[:40]
         cells = []
-        for name, _ in METRICS:
-            value = r[col[name]] if name in col else "-"
-            if name == "gpu__time_duration.sum" and value not in ("-", ""):  # ncu reports ns unless told
-                unit = rows[1][col[name]]
-                value = f"{float(value.replace(',', '')) / (1e3 if unit == 'nsecond' else 1):.1f}"
+        for metric, _ in METRICS:
+            value = r[col[metric]] if metric in col else "-"
+            if metric == "gpu__time_duration.sum" and value not in ("-", ""):
+                value = f"{float(value.replace(',', '')) * TIME_UNITS.get(units[col[metric]], 1.0):.1f}"
             cells.append(f"{value:>11s}")
         print(f"{kernel:40s} " + " ".join(cells))
-    return 0
+    return 0 if kernels else 1
 
 
 def main(argv=None) -> int:

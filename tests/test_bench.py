@@ -220,3 +220,31 @@ def test_runs_take_the_median_of_each_figure():
 
     merged = bench.median_rows([[row(1.0, "first")], [row(3.0)], [row(1.5)]])
     assert merged == [{**row(1.5, "first"), "median_ms": 3.0}]
+
+
+NCU_CSV = """==PROF== Connected to process 123
+"ID","Process ID","Kernel Name","gpu__time_duration.sum","dram__throughput.avg.pct_of_peak_sustained_elapsed",\
+"launch__grid_size"
+"","","","usecond","%",""
+"0","123","void vidmem::momentum::forward_lanes_kernel<float, 4>(ForwardParams)","1,234.5","88.5","1320"
+"1","123","void vidmem::noise::fill_frame_kernel<float>(vidmem::noise::FillParams, long)","12.25","3.1","64"
+==PROF== Disconnected from process 123
+"""
+
+
+def test_profile_report_reads_ncu_csv(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import profile_driver
+    finally:
+        sys.path.pop(0)
+    path = tmp_path / "ncu.csv"
+    path.write_text(NCU_CSV)
+    out = subprocess.run([sys.executable, profile_driver.__file__, "--report", str(path)], capture_output=True,
+                         text=True, check=True).stdout.splitlines()  # fmt: skip
+    assert len(out) == 3 and out[0].split()[:3] == ["kernel", "us", "dram"]
+    assert out[1].split()[:4] == ["forward_lanes_kernel<float,", "4>", "1234.5", "88.5"]
+    assert out[2].split()[:3] == ["fill_frame_kernel<float>", "12.2", "3.1"] and out[2].split()[-1] == "-"
+    empty = tmp_path / "empty.csv"
+    empty.write_text("==PROF== No kernels were profiled.\n")
+    assert subprocess.run([sys.executable, profile_driver.__file__, "--report", str(empty)]).returncode == 1
