@@ -88,6 +88,19 @@ limited() {
   [ -n "$DEADLINE" ] && [ "$limit" -lt 5 ] && { echo "not started: the --deadline is reached: $*" >&2; return 124; }
   timeout -k 5 "$limit" "$@"
 }
+# A CUDA tool: on the PATH, else in a CUDA root ($CUDA_HOME, nvcc's, /usr/local/cuda) under bin/ or
+# its own folder, else the first executable of the further paths given; empty if none.
+cuda_tool() {
+  local name="$1" root path; shift
+  command -v "$name" && return
+  for root in "${CUDA_HOME:-}" "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")" /usr/local/cuda; do
+    for path in "$root/bin/$name" "$root/$name/$name"; do
+      [ -n "$root" ] && [ -x "$path" ] && { echo "$path"; return; }
+    done
+  done
+  for path in "$@"; do [ -x "$path" ] && { echo "$path"; return; }; done
+  return 0
+}
 status() { case "$1" in 0) echo ok ;; 124|137) echo "TIMED OUT" ;; *) echo "FAILED (exit $1)" ;; esac; }
 
 # ---------------------------------------------------------------- 1 build
@@ -190,12 +203,7 @@ if [ "$CPU" = 1 ]; then
   limited "${LIMITS[4]}" "$PY" benchmarks/sanitizer_driver.py --device cpu >>"$OUT/sanitizer.log" 2>&1
   RESULT[sanitizer]="skipped (--cpu); driver on the CPU: $(status $?), $(tail -n 1 "$OUT/sanitizer.log")"
 else
-  SANITIZER="$(command -v compute-sanitizer || true)"
-  for root in "${CUDA_HOME:-}" "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")" /usr/local/cuda; do
-    [ -z "$SANITIZER" ] && [ -n "$root" ] && [ -x "$root/bin/compute-sanitizer" ] && SANITIZER="$root/bin/compute-sanitizer"
-    [ -z "$SANITIZER" ] && [ -n "$root" ] && [ -x "$root/compute-sanitizer/compute-sanitizer" ] \
-      && SANITIZER="$root/compute-sanitizer/compute-sanitizer"
-  done
+  SANITIZER="$(cuda_tool compute-sanitizer)"
   : >"$OUT/sanitizer.log"
   if [ -z "$SANITIZER" ]; then
     RESULT[sanitizer]="not run: compute-sanitizer not found"
@@ -263,10 +271,7 @@ if [ "$CPU" = 1 ]; then
   limited "${LIMITS[6]}" "$PY" benchmarks/profile_driver.py --device cpu >>"$OUT/check.log" 2>&1
   RESULT[profile]="skipped (--cpu); driver on the CPU: $(status $?)"
 else
-  NCU="$(command -v ncu || true)"
-  for candidate in "${CUDA_HOME:-/usr/local/cuda}/bin/ncu" /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu; do
-    [ -z "$NCU" ] && [ -x "$candidate" ] && NCU="$candidate"
-  done
+  NCU="$(cuda_tool ncu /opt/nvidia/nsight-compute/*/ncu)"
   if [ -z "$NCU" ]; then
     RESULT[profile]="not run: ncu not found"
   else

@@ -12,6 +12,7 @@ the tensor checks import torch when called.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import operator
@@ -19,17 +20,12 @@ import operator
 FLOAT_DTYPE_NAMES = "float16, bfloat16, float32 or float64"
 
 
-_FLOAT_DTYPES: tuple = ()
-
-
+@functools.cache  # built on first use: torch is not imported at import time
 def float_dtypes() -> tuple:
     """The floating dtypes every op takes."""
-    global _FLOAT_DTYPES
-    if not _FLOAT_DTYPES:  # built on first use: torch is not imported at import time
-        import torch
+    import torch
 
-        _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-    return _FLOAT_DTYPES
+    return (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def acc_dtype(dtype):
