@@ -219,6 +219,57 @@ def test_streaming_stores_give_the_same_bits(monkeypatch, isas, dtype):
                 assert torch.equal(bits(a), bits(b)), (isa, shape, kind)
 
 
+# Frames-last shapes whose tiles take the prefetching, skewed walk (fp32 and fp64, 4 tiles or
+# more per row): rows 4 KiB apart (the longest lags: 1024 fp32 or 512 fp64 frames), 32 KiB apart
+# and chunked, rows not whole lines apart (no skew), and few tiles (the plain walk on AVX-512).
+WALKED = [((40, 1024), torch.float32), ((20, 4096), torch.float32), ((3, 8192), torch.float32),
+          ((37, 2053), torch.float32), ((33, 80), torch.float32), ((24, 512), torch.float64)]  # fmt: skip
+
+
+@pytest.mark.parametrize("shape,dtype", WALKED)
+@pytest.mark.parametrize("streaming", ["0", None])
+def test_walked_tiles_give_the_plain_bits(monkeypatch, isas, shape, dtype, streaming):
+    """The walk's ramps (rows before their first tile or past their last step with momentum 1,
+    frame 0 without initial with momentum 0) must leave the bits of a plain walk: the strided
+    scalar loops on the same values in another layout, and every path."""
+    if streaming is not None:
+        monkeypatch.setenv("VIDMEM_EXT_CPU_STREAMING_BYTES", streaming)
+    gen = torch.Generator().manual_seed(shape[1])
+    x = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    grad_y = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    grad_y[1, :5] = -0.0
+    # The same values with neither axis contiguous: the strided scalar loops, forward and backward.
+    x_strided, grad_y_strided = (torch.zeros(shape[0], 2 * shape[1], dtype=dtype)[:, ::2].copy_(t) for t in (x, grad_y))
+    checked = 0
+    for m_kind, with_initial, m_grad in itertools.product(
+        ["float", "tensor", "tensor_endpoints"], [False, True], [False, True]
+    ):
+        m = make_momentum(m_kind, shape[:1], dtype, gen)
+        if m_grad and not isinstance(m, torch.Tensor):
+            continue
+        initial = torch.randn(shape[:1], generator=gen, dtype=torch.float64).to(dtype) if with_initial else None
+        # a momentum gradient reads x and y: that backward takes the plain walk; the others walk
+        plain = forward_backward(monkeypatch, "portable", x_strided, m, m_grad, initial, grad_y_strided)
+        assert x_strided.stride(1) == 2
+        for isa in ["portable", *isas]:
+            got = forward_backward(monkeypatch, isa, x, m, m_grad, initial, grad_y)
+            for k, (a, b) in enumerate(zip(plain, got, strict=True)):
+                assert torch.equal(bits(a), bits(b)), f"{isa} {m_kind} init={with_initial} dm={m_grad} output {k}"
+                checked += 1
+    assert checked >= 10 * (1 + len(isas)) * 2
+
+
+def forward_backward(monkeypatch, isa, x, m, m_grad, initial, grad_y):
+    """y and the gradients of x, initial and (if m_grad) the momentum tensor, keeping x's strides."""
+    monkeypatch.setenv(ENV, isa)
+    xg = x.detach().requires_grad_()  # a view: the same strides (clone would make it contiguous)
+    ig = initial.detach().clone().requires_grad_() if initial is not None else None
+    mg = m.detach().clone().requires_grad_() if m_grad else m
+    y = vidmem_ext.temporal_momentum(xg, mg, 1, ig)
+    inputs = [t for t in (xg, ig, mg if m_grad else None) if t is not None]
+    return [y, *torch.autograd.grad(y, inputs, grad_y)]
+
+
 def test_bad_streaming_threshold_is_an_error(monkeypatch):
     monkeypatch.setenv("VIDMEM_EXT_CPU_STREAMING_BYTES", "lots")
     with pytest.raises(ValueError, match="VIDMEM_EXT_CPU_STREAMING_BYTES"):
