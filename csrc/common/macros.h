@@ -12,6 +12,13 @@
 #define VIDMEM_ALWAYS_INLINE inline
 #endif
 
+// The same for a lambda (the attribute goes after its parameter list), host code only.
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define VIDMEM_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
+#else
+#define VIDMEM_ALWAYS_INLINE_LAMBDA
+#endif
+
 // Kept out of line on the host: a large body called from several places of one kernel.
 #if defined(__GNUC__) && !defined(__CUDACC__)
 #define VIDMEM_NOINLINE __attribute__((noinline))
