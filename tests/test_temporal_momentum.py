@@ -285,6 +285,26 @@ def test_input_grad_keeps_x_strides(grad_layout):
     assert_close(grad_x, expected.float(), 1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_and_checked_calls_agree(dtype):
+    # A plain call (float momentum, int dim, no initial, no gradient) skips the Python checks; the
+    # same call with a numpy momentum and dim, or with x requiring grad, takes the checked path.
+    np = pytest.importorskip("numpy")
+    gen = torch.Generator().manual_seed(31)
+    x = make_tensor((5, 3, 7), dtype, "permuted", gen)
+    for dim in (0, 1, -1, -3):
+        fast = tm(x, 0.75, dim)
+        checked = tm(x, np.float64(0.75), np.int64(dim))
+        with_grad = tm(x.detach().requires_grad_(), 0.75, dim).detach()
+        expected = reference.temporal_momentum_loop(x.double(), 0.75, dim).to(dtype)
+        assert torch.equal(fast, checked) and torch.equal(fast, with_grad)
+        assert_close(fast, expected, 1e-5 if dtype == torch.float32 else 1e-2)
+    with pytest.raises(IndexError, match="dim 3 is out of range"):
+        tm(x, 0.75, 3)
+    with pytest.raises(ValueError, match="momentum"):
+        tm(x, 1.5, 0)
+
+
 def test_fallback_reference_equals_kernel(monkeypatch):
     gen = torch.Generator().manual_seed(8)
     x = make_tensor((6, 3, 5), torch.float64, "permuted", gen).requires_grad_()
