@@ -286,7 +286,7 @@ def test_input_grad_keeps_x_strides(grad_layout):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fast_and_checked_calls_agree(dtype):
+def test_fast_and_checked_calls_agree(dtype, monkeypatch):
     # A plain call (float momentum, int dim, no initial, no gradient) skips the Python checks; the
     # same call with a numpy momentum and dim, or with x requiring grad, takes the checked path.
     np = pytest.importorskip("numpy")
@@ -304,6 +304,15 @@ def test_fast_and_checked_calls_agree(dtype):
     with pytest.raises(ValueError, match="momentum"):
         tm(x, 1.5, 0)
 
+    def checks_ran(*args, **kwargs):
+        raise AssertionError("the full checks ran")
+
+    plain = tm(x, 0.75, -1)
+    monkeypatch.setattr(vidmem_ext.momentum, "check_args", checks_ran)
+    assert torch.equal(tm(x, 0.75, -1), plain)  # the plain call skipped them
+    with pytest.raises(AssertionError, match="the full checks ran"):
+        tm(x, np.float64(0.75), -1)
+
 
 def test_fallback_reference_equals_kernel(monkeypatch):
     gen = torch.Generator().manual_seed(8)
@@ -313,7 +322,12 @@ def test_fallback_reference_equals_kernel(monkeypatch):
     y_kernel = tm(x, m, 0, initial)
     assert type(y_kernel.grad_fn).__name__ == "_EagerTemporalMomentumBackward"  # the kernel ran (eager autograd)
     g_kernel = torch.autograd.grad(y_kernel.sum(), (x, m, initial))
+    plain_kernel = tm(x.detach(), 0.5, 1)
+    # Both the checked path (use_kernel) and the plain calls' shortcut (_AVAILABLE) must see it.
     monkeypatch.setattr(_backend, "use_kernel", lambda op, device: False)
+    monkeypatch.setattr(_backend, "_AVAILABLE", dict.fromkeys(_backend._AVAILABLE, False))
+    plain_fallback = tm(x.detach(), 0.5, 1)
+    assert_close(plain_kernel, plain_fallback, 1e-12)
     y_fallback = tm(x, m, 0, initial)
     assert "TemporalMomentum" not in type(y_fallback.grad_fn).__name__  # the reference ran
     g_fallback = torch.autograd.grad(y_fallback.sum(), (x, m, initial))
@@ -477,6 +491,20 @@ def test_torch_compile_fullgraph_no_graph_break():
     assert_close(loss, loss_eager, 1e-6)
     for a, b in zip(grads, grads_eager):
         assert_close(a, b, 1e-6)
+
+
+def test_torch_compile_fullgraph_plain_call():
+    # A call that needs no gradient is also traced as the registered op (not the eager shortcut).
+    torch._dynamo.reset()
+    x = torch.randn(3, 6, 5, generator=torch.Generator().manual_seed(14))
+
+    def plain(t):
+        return tm(t, 0.5, 1)
+
+    explanation = torch._dynamo.explain(plain)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    with torch.no_grad():
+        assert torch.equal(torch.compile(plain, fullgraph=True, backend="aot_eager")(x), plain(x))
 
 
 # --------------------------------------------------------------------------- bad input

@@ -37,6 +37,7 @@ TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfl
 CASES = [
     ((9, 37, 5), 0, "contiguous"),  # frames outermost, lanes contiguous
     ((3, 19, 21), 1, "contiguous"),  # frame axis in the middle, contiguous inner block
+    ((16, 3, 250), 1, "contiguous"),  # 250-lane blocks: 8 vectors, then blocks of 4, 2, 1 and a tail
     ((2, 3, 17, 5, 7), 2, "contiguous"),  # (B, C, F, H, W)
     ((33, 45), 1, "contiguous"),  # frames last: tiles
     ((6, 7, 35), 1, "frames_last"),  # frames contiguous in memory, logical dim 1

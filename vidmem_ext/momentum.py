@@ -85,7 +85,7 @@ def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: tor
         A new tensor of x's shape, dtype and device. Half types accumulate in
         fp32. Inputs are never modified.
     """
-    if (  # the common eager call (a float momentum, no initial, no gradient), checked in a few tests
+    if (  # a plain eager call: a float momentum, no initial, no gradient, validated by cheap tests
         initial is None
         and type(momentum) is float
         and 0.0 <= momentum <= 1.0
@@ -93,13 +93,13 @@ def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: tor
         and type(x) is torch.Tensor
         and x.dtype in _checks.float_dtypes()
         and -x.ndim <= dim < x.ndim
-        and ((x.is_cpu and _backend._AVAILABLE[_CPU_KERNEL]) or (x.is_cuda and _backend._AVAILABLE[_CUDA_KERNEL]))
+        and ((x.is_cpu and _backend._AVAILABLE[_CPU_KEY]) or (x.is_cuda and _backend._AVAILABLE[_CUDA_KEY]))
         and not (x.requires_grad and torch.is_grad_enabled())
-        and not torch._C._are_functorch_transforms_active()
         and not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
     ):
-        # Straight to the kernel, as _eager_call does: the full checks below took 3 us of a 7 us call
-        # (the clone of a 5 MB tensor takes 30-80 us).
+        # Straight to the kernel, as _eager_call does: the full checks below cost about 2.3 us of a
+        # 7 us call (measured on a tiny tensor; a 5 MB clone takes 30-80 us).
         with _BelowAutograd():
             return _kernel("temporal_momentum")(x, None, momentum, dim % x.ndim, None)
     dim, _, m_tensor, m_value = check_args(x, momentum, dim, initial)
@@ -117,7 +117,7 @@ def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: tor
 
 
 _BelowAutograd = torch._C._AutoDispatchBelowAutograd
-_CPU_KERNEL, _CUDA_KERNEL = ("temporal_momentum", "cpu"), ("temporal_momentum", "cuda")
+_CPU_KEY, _CUDA_KEY = ("temporal_momentum", "cpu"), ("temporal_momentum", "cuda")  # keys of _backend._AVAILABLE
 
 
 @functools.cache
