@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 
 import pytest
 import torch
@@ -126,7 +127,8 @@ def isas(monkeypatch):
 @pytest.mark.parametrize("shape,dim,layout", CASES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_path_gives_the_portable_bits(monkeypatch, isas, shape, dim, layout, dtype):
-    gen = torch.Generator().manual_seed(hash((shape, dim, layout, str(dtype))) % 2**31)
+    # crc32, not hash(): str hashes change from one process to the next, and so would the data.
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((shape, dim, layout, str(dtype))).encode()))
     x = make_x(shape, dim, layout, dtype, gen)
     assert x.shape == shape
     slice_shape = [s for i, s in enumerate(shape) if i != dim]
