@@ -209,9 +209,9 @@ def test_streaming_stores_give_the_same_bits(monkeypatch, isas, dtype):
     frames, whole lines) and store the last frames through the cache: 96 frames are pairs only,
     83 leave a tail and rows that are not line-aligned; a momentum tensor (dm reads x and y too)
     takes single tiles. Frames-last rows of fewer than 4 tiles (16 and 40 fp32 frames, 16 fp64) are
-    not walked: on AVX-512, with a float momentum, their backward prefetches the rows two pairs of
-    row groups ahead, up to a last partial group, in one task (150 lanes) and in two (600 lanes:
-    416 + 184). Prefetches cannot change the bits: these cases check that the code around them
+    not walked: on AVX-512, with a float momentum, their backward prefetches the rows of the next
+    batch of four row groups, up to a last partial group, in one task (150 lanes) and in two (600
+    lanes: 416 + 184). Prefetches cannot change the bits: these cases check that the code around them
     does not either."""
     monkeypatch.setenv("VIDMEM_EXT_CPU_STREAMING_BYTES", "0")
     gen = torch.Generator().manual_seed(5)
