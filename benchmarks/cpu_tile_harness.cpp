@@ -92,8 +92,8 @@ int main(int argc, char** argv) {
   };
   std::vector<float> state(lanes + 16);  // whole vectors: the kernel pads the last group
 
-  // First the output against the recurrence in scalar fp32 (a multiply, a multiply, an add, each
-  // rounded: no contraction), bit for bit: a timing of wrong code is worthless.
+  // First the output against the shared scalar step (ema_step in fp32, built without contraction
+  // like the kernels), bit for bit: a timing of wrong code is worthless.
   std::vector<BFloat16> y(lanes * kFrames);
   table.forward_tiles[0][0](frames_last_job(x, y.data(), lanes, state.data()));  // float momentum, no exact endpoints
   const float m = kMomentum, c = 1.0f - m;
@@ -101,8 +101,7 @@ int main(int argc, char** argv) {
     float s = 0.0f;
     for (int64_t t = 0; t < kFrames; ++t) {
       const float v = float(x[lane * kFrames + t]);
-      const float product = m * s, scaled = c * v;
-      s = t == 0 ? v : product + scaled;
+      s = t == 0 ? v : vidmem::momentum::ema_step(m, c, s, v);
       if (BFloat16(s).x != y[lane * kFrames + t].x) {
         std::fprintf(stderr, "lane %lld frame %lld: kernel %g, scalar %g\n", static_cast<long long>(lane),
                      static_cast<long long>(t), double(float(y[lane * kFrames + t])), double(s));
