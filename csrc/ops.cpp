@@ -2,7 +2,12 @@
 // module init of vidmem_ext._C. Kernels register their implementations with
 // TORCH_LIBRARY_IMPL in csrc/*/*_cpu.cpp and csrc/*/*_glue.cpp.
 #include <Python.h>
+#include <c10/util/Exception.h>
 #include <torch/library.h>
+
+#include <exception>
+
+#include "temporal_momentum/temporal_momentum_cpu_streaming.h"
 
 #ifndef VIDMEM_EXT_WITH_CUDA
 #define VIDMEM_EXT_WITH_CUDA 0
@@ -11,12 +16,34 @@
 #define VIDMEM_EXT_CUDA_ARCHS ""
 #endif
 
+namespace {
+// (threshold in bytes moved, where it comes from): when CPU momentum calls stream their outputs.
+PyObject* cpu_streaming_policy(PyObject*, PyObject*) {
+  try {
+    const vidmem::momentum::StreamingPolicy policy = vidmem::momentum::streaming_policy();
+    return Py_BuildValue("(Ls)", static_cast<long long>(policy.threshold_bytes), policy.source);
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+PyMethodDef module_methods[] = {
+    {"cpu_streaming_policy", cpu_streaming_policy, METH_NOARGS,
+     "(bytes, source): CPU momentum calls moving more bytes than this stream their outputs; source is "
+     "'measured' (a probe run once per process), 'cache size' or 'VIDMEM_EXT_CPU_STREAMING_BYTES'."},
+    {nullptr, nullptr, 0, nullptr}};
+}  // namespace
+
 extern "C" {
 // Importing vidmem_ext._C runs the static TORCH_LIBRARY registrations below.
-// The module itself only carries build facts for `python -m vidmem_ext info`.
+// The module itself carries build facts and the streaming policy for `python -m vidmem_ext info`.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
-      PyModuleDef_HEAD_INIT, "_C", "vidmem_ext compiled kernels (ops live in torch.ops.vidmem_ext)", -1, nullptr};
+      PyModuleDef_HEAD_INIT, "_C", "vidmem_ext compiled kernels (ops live in torch.ops.vidmem_ext)", -1,
+      module_methods};
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) return nullptr;
   PyModule_AddIntConstant(module, "with_cuda", VIDMEM_EXT_WITH_CUDA);

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 import vidmem_ext
-from vidmem_ext import _backend, reference
+from vidmem_ext import _backend, cli, reference
 
 pytestmark = [
     pytest.mark.skipif(not _backend.compiled(), reason="vidmem_ext._C is not built"),
@@ -282,6 +283,23 @@ def test_bad_streaming_threshold_is_an_error(monkeypatch):
     monkeypatch.setenv("VIDMEM_EXT_CPU_STREAMING_BYTES", "lots")
     with pytest.raises(ValueError, match="VIDMEM_EXT_CPU_STREAMING_BYTES"):
         vidmem_ext.temporal_momentum(torch.ones(2, 2), 0.5, 0)
+    with pytest.raises(ValueError, match="VIDMEM_EXT_CPU_STREAMING_BYTES.*'lots'"):
+        _backend._C.cpu_streaming_policy()
+    assert any("VIDMEM_EXT_CPU_STREAMING_BYTES must be" in line for line in cli.info_lines())
+
+
+def test_streaming_policy_is_measured_once_within_the_cache_sizes(monkeypatch):
+    """Without the knob, the threshold comes from a probe run once per process (on x86-64): at
+    least one core's private cache (1 MiB at the least), and the same on every later call."""
+    monkeypatch.delenv("VIDMEM_EXT_CPU_STREAMING_BYTES", raising=False)
+    threshold, source = _backend._C.cpu_streaming_policy()
+    assert source == ("measured" if platform.machine() in ("x86_64", "AMD64") else "cache size")
+    assert 2**20 <= threshold <= 2**40
+    assert _backend._C.cpu_streaming_policy() == (threshold, source)
+    line = next(line for line in cli.info_lines() if "streamed" in line)
+    assert f"({source})" in line and "MiB" in line
+    monkeypatch.setenv("VIDMEM_EXT_CPU_STREAMING_BYTES", "12345")
+    assert _backend._C.cpu_streaming_policy() == (12345, "VIDMEM_EXT_CPU_STREAMING_BYTES")
 
 
 def test_results_do_not_depend_on_the_thread_count(monkeypatch):

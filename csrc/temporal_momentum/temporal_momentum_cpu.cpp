@@ -20,16 +20,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <cstdlib>
-#include <string>
-#include <unistd.h>
 #include <type_traits>
 #include <vector>
 
 #include "common/dtype.h"
 #include "temporal_momentum/temporal_momentum.h"
 #include "temporal_momentum/temporal_momentum_cpu_simd.h"
+#include "temporal_momentum/temporal_momentum_cpu_streaming.h"
 #include "temporal_momentum/temporal_momentum_host.h"
 
 namespace vidmem {
@@ -46,51 +44,9 @@ constexpr int64_t kMaxTileBlockLanes = 4096;
 constexpr int64_t kStridedBlockLanes = 8;
 constexpr int64_t kChunkFrames = 1024;  // frames per chunk when lanes alone make too few tasks
 constexpr int64_t kMaxVectorLanes = 16;  // the widest vector of any path (buffer padding)
-// Outputs are written with non-temporal stores when the call's data (inputs and outputs) would
-// fill more than half the last-level cache: they would not stay cached for the next op anyway,
-// and streaming them saves reading every output line before it is written (measured on a 32 MiB
-// L3: 25 MB fp32 calls stream about a third faster; 5 MB calls are faster kept in the cache).
-// VIDMEM_EXT_CPU_STREAMING_BYTES overrides the threshold in bytes moved (a tuning knob; the bits
-// do not change).
-// The largest cache one core sees: Linux's sysfs describes the cache instance (e.g. one CCX's
-// L3); sysconf may report the whole package (ten times more on a many-chiplet EPYC).
-int64_t cache_bytes_from_sysfs() {
-  int64_t best = 0;
-  for (int index = 0; index < 8; ++index) {
-    const std::string path = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size";
-    std::FILE* file = std::fopen(path.c_str(), "r");
-    if (file == nullptr) continue;
-    long long value = 0;
-    char unit = 0;
-    const int read = std::fscanf(file, "%lld%c", &value, &unit);
-    std::fclose(file);
-    if (read < 1 || value <= 0) continue;
-    const int64_t bytes = unit == 'K' ? value << 10 : unit == 'M' ? value << 20 : unit == 'G' ? value << 30 : value;
-    best = std::max(best, bytes);
-  }
-  return best;
-}
-
-int64_t last_level_cache_bytes() {
-  static const int64_t bytes = [] {
-    int64_t size = cache_bytes_from_sysfs();
-#if defined(_SC_LEVEL3_CACHE_SIZE)
-    if (size <= 0) size = sysconf(_SC_LEVEL3_CACHE_SIZE);
-#endif
-    return size > 0 ? size : int64_t(32) << 20;  // unknown: a common L3 size
-  }();
-  return bytes;
-}
-
-int64_t streaming_threshold() {
-  const char* env = std::getenv("VIDMEM_EXT_CPU_STREAMING_BYTES");
-  if (env == nullptr || *env == '\0') return last_level_cache_bytes() / 2;
-  char* end = nullptr;
-  const long long value = std::strtoll(env, &end, 10);
-  TORCH_CHECK_VALUE(end != env && *end == '\0' && value >= 0,
-                    "VIDMEM_EXT_CPU_STREAMING_BYTES must be a byte count >= 0, got '", env, "'");
-  return static_cast<int64_t>(value);
-}
+// Outputs are written with non-temporal stores when the call's data would not stay cached for the
+// next op anyway (stream_outputs: from a size measured once per process, or
+// VIDMEM_EXT_CPU_STREAMING_BYTES): streaming saves reading every output line before it is written.
 
 enum class Path { kUnit, kTiles, kStrided };
 
@@ -244,7 +200,7 @@ void forward_cpu(const Layout& layout, const scalar_t* x, scalar_t* y, const acc
   const TaskGrid grid(layout, path);
   const bool reset = initial == nullptr;
   // x read, y written
-  const bool streaming = 2 * layout.frames * layout.lanes * int64_t(sizeof(scalar_t)) > streaming_threshold();
+  const bool streaming = stream_outputs(2 * layout.frames * layout.lanes * int64_t(sizeof(scalar_t)));
   const int64_t frames = layout.frames, lanes = layout.lanes;
   std::vector<acc_t> aggregates(grid.chunks > 1 ? (grid.chunks - 1) * lanes : 0);
 
@@ -339,7 +295,7 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const acc_type<sc
   const Path path = unit ? Path::kUnit : tiles ? Path::kTiles : Path::kStrided;
   const TaskGrid grid(layout, path);
   // grad_y read, grad_x written, and x and y read for dm
-  const bool streaming = (momentum_grad ? 4 : 2) * frames * lanes * int64_t(sizeof(scalar_t)) > streaming_threshold();
+  const bool streaming = stream_outputs((momentum_grad ? 4 : 2) * frames * lanes * int64_t(sizeof(scalar_t)));
   std::vector<acc_t> aggregates(grid.chunks > 1 ? grid.chunks * lanes : 0);
   std::vector<acc_t> dm_partials(grid.chunks > 1 && momentum_grad ? grid.chunks * lanes : 0);
 
