@@ -209,15 +209,16 @@ def test_streaming_stores_give_the_same_bits(monkeypatch, isas, dtype):
     both vector layouts, with unaligned rows. Frames-last half types stream pairs of tiles (32
     frames, whole lines) and store the last frames through the cache: 96 frames are pairs only,
     83 leave a tail and rows that are not line-aligned; a momentum tensor (dm reads x and y too)
-    takes single tiles. Frames-last rows of fewer than 4 tiles (16 and 40 fp32 frames, 16 fp64) are
-    not walked: on AVX-512, with a float momentum, their backward prefetches the rows of the next
-    batch of four row groups, up to a last partial group, in one task (150 lanes) and in two (600
-    lanes: 416 + 184). Prefetches cannot change the bits: these cases check that the code around them
-    does not either."""
+    takes single tiles. Half-type rows of 16 frames (half a line each) stream two rows a line
+    (150 and 37 lanes: full groups, and last groups of 6 and 5 rows). Frames-last rows of fewer
+    than 4 tiles (16 and 40 fp32 frames, 16 fp64) are not walked: on AVX-512, with a float
+    momentum, their backward prefetches the rows of the next batch of four row groups, up to a
+    last partial group, in one task (150 lanes) and in two (600 lanes: 416 + 184). Prefetches
+    cannot change the bits: these cases check that the code around them does not either."""
     monkeypatch.setenv("VIDMEM_EXT_CPU_STREAMING_BYTES", "0")
     gen = torch.Generator().manual_seed(5)
     cases = [((16, 7001), 0), ((499, 260), 1), ((3, 130, 33), 1), ((40, 96), 1), ((37, 83), 1)]
-    cases += [((150, 16), 1), ((600, 40), 1)]
+    cases += [((150, 16), 1), ((600, 40), 1), ((37, 16), 1)]
     for (shape, dim), kind in itertools.product(cases, ["float", "tensor"]):
         x = torch.randn(shape, generator=gen).to(dtype)
         grad_y = torch.randn(shape, generator=gen).to(dtype)
