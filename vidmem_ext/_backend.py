@@ -42,6 +42,22 @@ def cuda_archs() -> list[str]:
     return [a for a in archs.replace(",", ";").replace(" ", ";").split(";") if a]
 
 
+def cpu_streaming_note() -> str | None:
+    """When CPU momentum calls stream their outputs, in words (None without the compiled part).
+
+    The first call may run the compiled part's probe (a few tens of milliseconds, once per process);
+    a bad VIDMEM_EXT_CPU_STREAMING_BYTES is described, not raised (calls would raise the same).
+    """
+    if _C is None:
+        return None
+    try:
+        threshold, source = _C.cpu_streaming_policy()
+    except ValueError as error:
+        return f"CPU momentum streaming: {error}"
+    size = f"{threshold / 2**20:.1f} MiB" if threshold >= 2**20 else f"{threshold} bytes"
+    return f"CPU momentum outputs streamed (non-temporal stores) in calls moving over {size} ({source})"
+
+
 def has_kernel(kernel: str, device_type: str) -> bool:
     """Whether torch.ops.vidmem_ext.<kernel> has a compiled kernel for device_type ('cpu' or 'cuda')."""
     if _C is None:

@@ -56,15 +56,7 @@ def info_lines() -> list[str]:
     ]
     if _backend.compiled():
         lines.append("compiled CPU kernels: yes")
-        try:
-            threshold, source = _backend._C.cpu_streaming_policy()
-            lines.append(
-                "  CPU momentum outputs streamed (non-temporal stores) in calls moving over "
-                + (f"{threshold / 2**20:.1f} MiB" if threshold >= 2**20 else f"{threshold} bytes")
-                + f" ({source})"
-            )
-        except ValueError as error:  # a bad VIDMEM_EXT_CPU_STREAMING_BYTES: calls would raise the same
-            lines.append(f"  CPU momentum streaming: {error}")
+        lines.append(f"  {_backend.cpu_streaming_note()}")
         if _backend.cuda_compiled():
             lines.append(f"compiled CUDA kernels: yes (archs {', '.join(_backend.cuda_archs()) or 'unknown'})")
         else:

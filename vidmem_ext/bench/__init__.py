@@ -107,6 +107,7 @@ def median_rows(runs: list[list[dict]]) -> list[dict]:
 def run(args) -> int:
     import torch
 
+    from .. import _backend
     from .report import text_table, write
     from .timing import allocation_mode, build_info, device_name
 
@@ -161,6 +162,8 @@ def run(args) -> int:
         rows, goals = collect(device, ops, quick=args.quick, dtypes=dtypes, compile_loop=not args.no_compile,
                               progress=not args.no_progress, impls=impls, budget=args.budget)  # fmt: skip
         runs.append(rows)
+    if device.type == "cpu":
+        meta["cpu_streaming"] = _backend.cpu_streaming_note()
     if args.runs > 1:
         from . import momentum, noise
 

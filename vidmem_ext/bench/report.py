@@ -32,6 +32,8 @@ def markdown(meta: dict, rows: list[dict], goals: list[str]) -> str:
     )
     if meta.get("load"):
         lines.append(f"Load when measured: {meta['load']}.")
+    if meta.get("cpu_streaming"):
+        lines.append(f"{meta['cpu_streaming']}.")
     lines.append("")
     for op, columns in COLUMNS.items():
         op_rows = [r for r in rows if r["op"] == op]
