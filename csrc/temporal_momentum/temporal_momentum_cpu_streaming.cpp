@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 #include <unistd.h>
 
 #if defined(__x86_64__)
@@ -97,7 +98,9 @@ double timed_pass(const __m128i* src, __m128i* dst, int64_t vectors) {
 }
 
 // Whether streaming stores beat cached ones by 10% on repeated passes over `bytes_moved` bytes
-// (half read, half written), the two kinds of pass interleaved; medians of five after a warm-up.
+// (half read, half written): the two kinds of pass alternate, and the median of the per-pair time
+// ratios decides (a pair shares the load of the moment, which drifts on a shared VM), after a
+// warm-up pair.
 bool streaming_wins(int64_t bytes_moved) {
   const int64_t half = bytes_moved / 2 / 64 * 64;
   auto* src = static_cast<__m128i*>(std::aligned_alloc(64, half));
@@ -106,19 +109,16 @@ bool streaming_wins(int64_t bytes_moved) {
   if (src != nullptr && dst != nullptr) {
     std::memset(src, 1, half);
     std::memset(dst, 0, half);
-    constexpr int kPasses = 5;
-    std::array<double, kPasses> cached{}, streamed{};
-    for (int pass = -1; pass < kPasses; ++pass) {
-      const bool stream_first = (pass & 1) != 0;
+    constexpr int kPairs = 7;
+    std::array<double, kPairs> ratios{};
+    for (int pair = -1; pair < kPairs; ++pair) {
+      const bool stream_first = (pair & 1) != 0;
       const double first = stream_first ? timed_pass<true>(src, dst, half / 16) : timed_pass<false>(src, dst, half / 16);
       const double second = stream_first ? timed_pass<false>(src, dst, half / 16) : timed_pass<true>(src, dst, half / 16);
-      if (pass < 0) continue;  // warm-up: maps the pages and fills the caches
-      cached[pass] = stream_first ? second : first;
-      streamed[pass] = stream_first ? first : second;
+      if (pair >= 0) ratios[pair] = stream_first ? first / second : second / first;  // streamed / cached
     }
-    std::sort(cached.begin(), cached.end());
-    std::sort(streamed.begin(), streamed.end());
-    wins = streamed[kPasses / 2] < 0.9 * cached[kPasses / 2];
+    std::sort(ratios.begin(), ratios.end());
+    wins = ratios[kPairs / 2] < 0.9;
   }
   std::free(src);
   std::free(dst);
@@ -126,18 +126,18 @@ bool streaming_wins(int64_t bytes_moved) {
 }
 
 // The largest size that still stays cached: probe sizes doubling from twice the private cache up
-// to the always-streaming size, and take half the first size where streaming wins at it and at the
-// next one (two wins in a row, so that one noisy pass does not decide). No win: the old threshold.
+// to the always-streaming size, and take half the smallest size from which streaming wins at every
+// size probed. A win must hold at all larger sizes because on a shared VM a cached pass now and then
+// runs slowly (a neighbour's data in the last-level cache): the first rule here, the first two wins
+// in a row, put the threshold anywhere from 1 to 16 MiB on the AMD VM in successive processes.
+// Streaming losing at the top size: the old threshold, half the last-level cache.
 int64_t measured_threshold() {
   const int64_t hi = always_streaming_bytes();
-  bool previous_won = false;
-  int64_t size = 2 * private_cache_bytes();
-  for (; size <= hi; size *= 2) {
-    const bool won = streaming_wins(size);
-    if (won && previous_won) return size / 4;
-    previous_won = won;
-  }
-  return previous_won ? size / 4 : hi;
+  int64_t threshold = hi;
+  std::vector<int64_t> sizes;
+  for (int64_t size = 2 * private_cache_bytes(); size <= hi; size *= 2) sizes.push_back(size);
+  for (auto size = sizes.rbegin(); size != sizes.rend() && streaming_wins(*size); ++size) threshold = *size / 2;
+  return threshold;
 }
 #endif
 
