@@ -11,7 +11,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <vector>
 #include <unistd.h>
 
 #if defined(__x86_64__)
@@ -129,14 +128,15 @@ bool streaming_wins(int64_t bytes_moved) {
 // to the always-streaming size, and take half the smallest size from which streaming wins at every
 // size probed. A win must hold at all larger sizes because on a shared VM a cached pass now and then
 // runs slowly (a neighbour's data in the last-level cache): the first rule here, the first two wins
-// in a row, put the threshold anywhere from 1 to 16 MiB on the AMD VM in successive processes.
+// in a row, put the threshold anywhere from 2 to 16 MiB on the AMD VM in successive processes.
 // Streaming losing at the top size: the old threshold, half the last-level cache.
 int64_t measured_threshold() {
   const int64_t hi = always_streaming_bytes();
+  const int64_t lo = 2 * private_cache_bytes();
+  int64_t top = lo;
+  while (top * 2 <= hi) top *= 2;
   int64_t threshold = hi;
-  std::vector<int64_t> sizes;
-  for (int64_t size = 2 * private_cache_bytes(); size <= hi; size *= 2) sizes.push_back(size);
-  for (auto size = sizes.rbegin(); size != sizes.rend() && streaming_wins(*size); ++size) threshold = *size / 2;
+  for (int64_t size = top; size >= lo && size <= hi && streaming_wins(size); size /= 2) threshold = size / 2;
   return threshold;
 }
 #endif

@@ -16,8 +16,9 @@ namespace momentum {
 // Whether a call that moves `bytes_moved` bytes (inputs read plus outputs written) streams its
 // outputs. VIDMEM_EXT_CPU_STREAMING_BYTES=N (read at every call) streams calls that move more than
 // N bytes. Otherwise calls that fit the private caches never stream, calls over half the
-// last-level cache always do, and between the two the first such call runs a probe (15-25 ms on
-// the AMD VM, roughly 0.1 s on the Intel one) that times cached against streaming stores (kept for the process).
+// last-level cache always do, and between the two the first such call runs a probe that times
+// cached against streaming stores (kept for the process; 15-25 ms on the AMD VM, an estimated
+// 0.1 s on the Intel one, which probes up to 52 MB).
 // Only speed depends on this: the bits are the same either way.
 bool stream_outputs(int64_t bytes_moved);
 
