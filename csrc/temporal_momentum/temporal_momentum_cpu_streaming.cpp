@@ -129,14 +129,17 @@ bool streaming_wins(int64_t bytes_moved) {
 // size probed. A win must hold at all larger sizes because on a shared VM a cached pass now and then
 // runs slowly (a neighbour's data in the last-level cache): the first rule here, the first two wins
 // in a row, put the threshold anywhere from 2 to 16 MiB on the AMD VM in successive processes.
-// Streaming losing at the top size: the old threshold, half the last-level cache.
+// The sizes are walked from the largest down, and the walk stops at the first loss: a win counts
+// only with wins at every larger size, so no smaller size can change the result. Streaming losing
+// at the top size, or no size to probe: the old threshold, half the last-level cache.
 int64_t measured_threshold() {
   const int64_t hi = always_streaming_bytes();
   const int64_t lo = 2 * private_cache_bytes();
+  if (lo > hi) return hi;
   int64_t top = lo;
   while (top * 2 <= hi) top *= 2;
   int64_t threshold = hi;
-  for (int64_t size = top; size >= lo && size <= hi && streaming_wins(size); size /= 2) threshold = size / 2;
+  for (int64_t size = top; size >= lo && streaming_wins(size); size /= 2) threshold = size / 2;
   return threshold;
 }
 #endif
