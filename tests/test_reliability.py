@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -211,11 +210,13 @@ def test_fp32_step_chooses_what_fp64_chooses_at_large_prev(level, path):
 
 
 @pytest.mark.parametrize("value", [MAX_RANDOM_SEARCH_TIMES + 1, 10**12, 2**63 - 1, 2**70])
-def test_random_search_times_is_bounded(value):
-    start = time.perf_counter()
+def test_random_search_times_is_bounded(value, monkeypatch):
+    def no_work(*args, **kwargs):  # the check must come before any kernel or reference is chosen
+        raise AssertionError("dependency_noise went on to choose an implementation")
+
+    monkeypatch.setattr(vidmem_ext.noise._backend, "use_kernel", no_work)
     with pytest.raises(ValueError, match="random_search_times"):
         vidmem_ext.dependency_noise((1, 2, 4), random_search_times=value, seed=0)
-    assert time.perf_counter() - start < 5
 
 
 @pytest.mark.parametrize("value", [MAX_LINEAR_SEARCH_TIMES + 1, 10**12, 2**63 - 1, 2**70])
@@ -234,10 +235,11 @@ def test_bounds_hold_in_the_cpp_checks_too():
 
 
 def test_the_largest_allowed_counts_finish():
-    start = time.perf_counter()
-    vidmem_ext.dependency_noise((1, 2, 4), random_search_times=MAX_RANDOM_SEARCH_TIMES, seed=0)
-    vidmem_ext.dependency_noise((1, 2, 4), linear_search_times=MAX_LINEAR_SEARCH_TIMES, seed=0)
-    assert time.perf_counter() - start < 30  # seconds, on a loaded 2-core machine; about 0.1 s when idle
+    # About 0.1 s each on 2 idle cores; what is checked here is that they return valid noise.
+    for counts in ({"random_search_times": MAX_RANDOM_SEARCH_TIMES}, {"linear_search_times": MAX_LINEAR_SEARCH_TIMES}):
+        x, alphas = vidmem_ext.dependency_noise((1, 2, 4), seed=0, return_alphas=True, **counts)
+        assert x.shape == (1, 2, 4) and torch.isfinite(x).all()
+        assert alphas[0, 0] == 0 and 0 <= alphas[0, 1] <= 1
 
 
 # --------------------------------------------------------------------------- item 6: numpy scalars
