@@ -15,6 +15,20 @@ except ImportError:  # hypothesis is a test dependency; tests that need it impor
     pass
 
 
+@pytest.fixture(autouse=True)
+def _torch_random_state_restored():
+    """Tests that seed torch's global generator leave it as they found it.
+
+    Otherwise the inputs of a later test that draws without a seed would depend on which tests ran
+    before it (and, on a GPU machine, which were skipped).
+    """
+    import torch
+
+    state = torch.random.get_rng_state()
+    yield
+    torch.random.set_rng_state(state)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Run a module's tests on one torch thread (tiny tensors: two threads only spin against each other)."""

@@ -9,6 +9,8 @@ covered without touching this file.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import traceback
 import unicodedata
@@ -122,6 +124,22 @@ def test_python_samples_run(page, tmp_path, monkeypatch, one_torch_thread):
         pytest.skip(f"{_page_id(page)} has no python sample to run")
     monkeypatch.chdir(tmp_path)  # samples may write files
     namespace = {"__name__": "__docs__"}
+    with _environment_restored():  # samples may set variables (the ISA switch) and fail before unsetting them
+        _run_blocks(page, runnable, namespace)
+
+
+@contextlib.contextmanager
+def _environment_restored():
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for name in set(os.environ) - set(saved):
+            del os.environ[name]
+        os.environ.update(saved)
+
+
+def _run_blocks(page, runnable, namespace):
     for block in runnable:
         # Leading newlines make tracebacks give the page's own line numbers.
         code = compile("\n" * block.line + block.code, _page_id(page), "exec")
@@ -141,6 +159,16 @@ def test_python_samples_run(page, tmp_path, monkeypatch, one_torch_thread):
                 f"{_page_id(page)}:{lines[-1] if lines else block.line}: the python sample starting at line "
                 f"{block.line} failed: {type(error).__name__}: {error}"
             ) from error
+
+
+def test_samples_leave_the_environment_as_they_found_it(monkeypatch):
+    monkeypatch.setenv("VIDMEM_EXT_CPU_ISA", "portable")
+    monkeypatch.delenv("VIDMEM_DOCS_TEST_NEW", raising=False)
+    with pytest.raises(RuntimeError, match="a sample failed"), _environment_restored():
+        del os.environ["VIDMEM_EXT_CPU_ISA"]
+        os.environ["VIDMEM_DOCS_TEST_NEW"] = "1"
+        raise RuntimeError("a sample failed")
+    assert os.environ["VIDMEM_EXT_CPU_ISA"] == "portable" and "VIDMEM_DOCS_TEST_NEW" not in os.environ
 
 
 @pytest.mark.parametrize("page", PAGES, ids=_page_id)
