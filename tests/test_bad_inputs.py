@@ -23,7 +23,7 @@ from torch import nn
 import vidmem_ext
 from vidmem_ext import cli, pipelines
 from vidmem_ext import distributed as vdist
-from vidmem_ext.noise import MAX_LINEAR_SEARCH_TIMES, MAX_RANDOM_SEARCH_TIMES
+from vidmem_ext.noise import MAX_LAMBDA_I, MAX_LINEAR_SEARCH_TIMES, MAX_RANDOM_SEARCH_TIMES
 from vidmem_ext.token_budget import MemoryTerm, term_grid
 
 tm = vidmem_ext.temporal_momentum
@@ -67,6 +67,11 @@ def _history(**kw):
     return torch.zeros(1, 3, 2, 4, 4, **kw)
 
 
+def _rope_frames(frame_indices):
+    """pooled_rope of coordinate features (frame, row, column) over the given history frame indices."""
+    return _packer().pooled_rope(lambda f, r, c: torch.stack([f, r, c], dim=-1), 4, 4, frame_indices=frame_indices)
+
+
 class _FakeUnet:
     attn_processors: dict = {}
 
@@ -93,6 +98,7 @@ CASES = [
     ("tm momentum < 0", lambda: tm(X, -0.1), ValueError, "momentum"),
     ("tm momentum nan", lambda: tm(X, math.nan), ValueError, "momentum"),
     ("tm momentum inf", lambda: tm(X, math.inf), ValueError, "momentum"),
+    ("tm momentum huge int", lambda: tm(X, 10**400), ValueError, "momentum"),
     ("tm momentum str", lambda: tm(X, "0.5"), TypeError, "momentum"),
     ("tm momentum bool", lambda: tm(X, True), TypeError, "momentum"),
     ("tm momentum None", lambda: tm(X, None), TypeError, "momentum"),
@@ -122,6 +128,7 @@ CASES = [
     ("noise lambda str", lambda: noise((2, 3), "0.1"), TypeError, "lambda_i"),
     ("noise lambda bool", lambda: noise((2, 3), True), TypeError, "lambda_i"),
     ("noise lambda huge int", lambda: noise((2, 3), 10**400), ValueError, "lambda_i"),
+    ("noise lambda above bound", lambda: noise((2, 3), MAX_LAMBDA_I + 0.5), ValueError, "lambda_i"),
     ("noise R zero", lambda: noise((2, 3), 0.1, 0), ValueError, "random_search_times"),
     ("noise R 10**12", lambda: noise((2, 3), 0.1, 10**12), ValueError, "random_search_times"),
     ("noise R 2**63-1", lambda: noise((2, 3), 0.1, 2**63 - 1), ValueError, "random_search_times"),
@@ -140,7 +147,11 @@ CASES = [
     ("noise seed bool", lambda: noise((2, 3), seed=True), TypeError, "seed"),
     ("noise generator int", lambda: noise((2, 3), generator=3), TypeError, "generator"),
     ("noise dtype int32", lambda: noise((2, 3), dtype=torch.int32), TypeError, "dtype"),
+    ("noise dtype False", lambda: noise((2, 3), dtype=False), TypeError, "dtype"),
+    ("noise dtype 0", lambda: noise((2, 3), dtype=0), TypeError, "dtype"),
     ("noise device bogus", lambda: noise((2, 3), device="bogus"), ValueError, "device"),
+    # no CUDA here, or an index past the last device
+    ("noise device missing", lambda: noise((2, 3), device=f"cuda:{torch.cuda.device_count()}"), ValueError, "device"),
     # ---- dependency_noise_step
     ("step prev list", lambda: step([1.0], CANDIDATES, 0.1), TypeError, "prev"),
     ("step prev int64", lambda: step(PREV.long(), CANDIDATES.long(), 0.1), TypeError, "prev"),
@@ -152,6 +163,7 @@ CASES = [
     ("step no candidates", lambda: step(PREV, torch.randn(0, 2, 5), 0.1), ValueError, "candidates"),
     ("step lambda negative", lambda: step(PREV, CANDIDATES, -0.5), ValueError, "lambda_i"),
     ("step lambda str", lambda: step(PREV, CANDIDATES, "x"), TypeError, "lambda_i"),
+    ("step lambda 1e8", lambda: step(PREV, CANDIDATES, 1e8), ValueError, "lambda_i"),
     ("step L negative", lambda: step(PREV, CANDIDATES, 0.1, -1), ValueError, "linear_search_times"),
     ("step L bound+1", lambda: step(PREV, CANDIDATES, 0.1, MAX_LINEAR_SEARCH_TIMES + 1), ValueError, "linear_search"),
     ("step L float", lambda: step(PREV, CANDIDATES, 0.1, 1.0), TypeError, "linear_search_times"),
@@ -191,23 +203,57 @@ CASES = [
     ("packer history bf16", lambda: _packer()(_history(dtype=torch.bfloat16)), ValueError, "history"),
     ("packer init from Linear", lambda: _packer().init_from_patch_embed(nn.Linear(2, 2)), TypeError, "conv"),
     ("packer init kernel", lambda: _packer().init_from_patch_embed(nn.Conv3d(3, 8, 2, 2)), ValueError, "conv"),
+    ("packer history other device", lambda: _packer()(_history(device="meta")), ValueError, "history is on meta"),
     ("positions latent negative", lambda: _packer().positions(-1, 4), ValueError, "latent_h"),
+    ("positions dtype int64", lambda: _packer().positions(4, 4, dtype=torch.int64), TypeError, "dtype"),
+    ("positions dtype str", lambda: _packer().positions(4, 4, dtype="float32"), TypeError, "dtype"),
+    ("positions device bogus", lambda: _packer().positions(4, 4, device="bogus"), ValueError, "device"),
+    ("rope frame_indices str", lambda: _rope_frames("ab"), TypeError, "frame_indices"),
+    ("rope frame_indices dict", lambda: _rope_frames({1: 2}), TypeError, "frame_indices"),
+    (
+        "rope frame_indices complex",
+        lambda: _rope_frames(torch.ones(2, dtype=torch.complex64)),
+        TypeError,
+        "frame_indices",
+    ),
+    ("rope frame_indices bool", lambda: _rope_frames([True, False]), TypeError, "frame_indices"),
     # ---- attention and processor
     ("attn q list", lambda: attention([0.0], Q, Q, num_frames=2), TypeError, "q"),
     ("attn k 3-D", lambda: attention(Q, Q[0], Q, num_frames=2), ValueError, "k"),
+    ("attn k int64, momentum 0", lambda: attention(Q, Q.long(), Q, 0.0, num_frames=2), TypeError, "k must"),
+    ("attn k int64, momentum 0.5", lambda: attention(Q, Q.long(), Q, 0.5, num_frames=2), TypeError, "k must"),
+    ("attn v dtype", lambda: attention(Q, Q, Q.double(), num_frames=2), ValueError, "v dtype"),
     ("attn v batch", lambda: attention(Q, Q, Q[:2], num_frames=2), ValueError, "batch"),
     ("attn num_frames 0", lambda: attention(Q, Q, Q, num_frames=0), ValueError, "num_frames"),
     ("attn num_frames None", lambda: attention(Q, Q, Q, num_frames=None), TypeError, "num_frames"),
     ("attn num_frames float", lambda: attention(Q, Q, Q, num_frames=2.0), TypeError, "num_frames"),
     ("attn batch not multiple", lambda: attention(Q, Q, Q, num_frames=3), ValueError, "num_frames"),
     ("attn momentum 2", lambda: attention(Q, Q, Q, 2.0, num_frames=2), ValueError, "momentum"),
+    ("attn momentum huge int", lambda: attention(Q, Q, Q, 10**400, num_frames=2), ValueError, "momentum"),
     ("attn momentum int tensor", lambda: attention(Q, Q, Q, torch.tensor(1), num_frames=2), TypeError, "momentum"),
     ("attn momentum shape", lambda: attention(Q, Q, Q, torch.rand(7), num_frames=2), ValueError, "momentum"),
+    (
+        "attn momentum v shape",
+        lambda: attention(Q, Q, Q[..., :6], torch.rand(2, 1, 8), num_frames=2),
+        ValueError,
+        "v's",
+    ),
     ("processor momentum -1", lambda: vidmem_ext.TemporalMomentumAttnProcessor(-1.0), ValueError, "momentum"),
     ("processor num_frames 0", lambda: vidmem_ext.TemporalMomentumAttnProcessor(0.5, 0), ValueError, "num_frames"),
     ("processor call, no num_frames", _processor_without_frames, RuntimeError, "num_frames"),
     # ---- pipelines (argument checks that run before the pipeline does any work)
     ("video num_frames 0", lambda: pipelines.zero_shot_video(_FakePipe(), "a", 0), ValueError, "num_frames"),
+    ("tiny sd image_size str", lambda: pipelines.tiny_stable_diffusion(image_size="32"), TypeError, "image_size"),
+    ("tiny sd image_size odd", lambda: pipelines.tiny_stable_diffusion(image_size=33), ValueError, "image_size"),
+    (
+        "tiny sd gain nan",
+        lambda: pipelines.tiny_stable_diffusion(attention_gain=math.nan),
+        ValueError,
+        "attention_gain",
+    ),
+    ("tiny sd gain str", lambda: pipelines.tiny_stable_diffusion(attention_gain="x"), TypeError, "attention_gain"),
+    ("tiny sd seed 2**64", lambda: pipelines.tiny_stable_diffusion(seed=2**64), ValueError, "seed"),
+    ("tiny sd device bogus", lambda: pipelines.tiny_stable_diffusion(device="bogus"), ValueError, "device"),
     ("video momentum 2", lambda: pipelines.zero_shot_video(_FakePipe(), "a", 2, 2.0), ValueError, "momentum"),
     ("video pipe", lambda: pipelines.zero_shot_video(object(), "a", 2), TypeError, "pipe"),
     ("video latents", lambda: pipelines.zero_shot_video(_FakePipe(), "a", 2, latents=1), TypeError, "latents"),
@@ -222,6 +268,7 @@ CASES = [
     # ---- distributed (local checks run before any collective; no group needed)
     ("dist x_local list", lambda: vdist.temporal_momentum([1.0], 0.5), TypeError, "x_local"),
     ("dist momentum 2", lambda: vdist.temporal_momentum(X, 2.0), ValueError, "momentum"),
+    ("dist momentum huge int", lambda: vdist.temporal_momentum(X, 10**400), ValueError, "momentum"),
     ("dist dim", lambda: vdist.temporal_momentum(X, 0.5, 3), IndexError, "dim"),
     ("dist initial shape", lambda: vdist.temporal_momentum(X, 0.5, initial=torch.zeros(2)), ValueError, "initial"),
     ("dist no process group", lambda: vdist.temporal_momentum(X, 0.5), RuntimeError, "process group"),

@@ -279,6 +279,8 @@ def test_step_op_checks_its_arguments_too():
     step = torch.ops.vidmem_ext.dependency_noise_step
     with pytest.raises(ValueError, match="dependency_noise_step: lambda_i"):
         step(torch.randn(2, 4), torch.randn(3, 2, 4), -1.0, 15)
+    with pytest.raises(ValueError, match=r"dependency_noise_step: lambda_i must be a finite float in \[0, 10\]"):
+        step(torch.randn(2, 4), torch.randn(3, 2, 4), vidmem_ext.noise.MAX_LAMBDA_I * 1.01, 15)
     with pytest.raises(ValueError, match="dependency_noise_step: linear_search_times"):
         step(torch.randn(2, 4), torch.randn(3, 2, 4), 0.1, -1)
     with pytest.raises(ValueError, match="dependency_noise_step: candidates must have shape"):
@@ -382,8 +384,11 @@ def test_lambda_zero_on_tiny_frames_is_not_identity_in_the_literal_algorithm_eit
     assert abs(ref_rate - rate) < 4 * math.sqrt(ref_rate * (1 - ref_rate) * 2 / shape[0]) + 1e-3
 
 
-def test_large_lambda_gives_uncorrelated_frames():
-    x, alphas = vidmem_ext.dependency_noise((2, 8, 4, 32, 32), 5.0, seed=6, return_alphas=True)
+@pytest.mark.parametrize("lambda_i", [5.0, vidmem_ext.noise.MAX_LAMBDA_I])
+def test_large_lambda_gives_uncorrelated_frames(lambda_i):
+    # Up to the bound, fp32 keeps the errors apart (far above it, they round to lambda_i and ties
+    # walked alpha up to 1: identical frames).
+    x, alphas = vidmem_ext.dependency_noise((2, 8, 4, 32, 32), lambda_i, seed=6, return_alphas=True)
     assert (alphas[:, 1:] == 0).all()
     assert abs(frame_correlation(x)) < 0.02
 
@@ -511,6 +516,7 @@ def test_fill_op_checks_its_arguments_too():
     big_r, big_l = vidmem_ext.noise.MAX_RANDOM_SEARCH_TIMES + 1, vidmem_ext.noise.MAX_LINEAR_SEARCH_TIMES + 1
     for args, error, match in (
         ((out, -1.0, 10, 15, 1, 0, 0), ValueError, "lambda_i"),
+        ((out, 1e8, 10, 15, 1, 0, 0), ValueError, "lambda_i"),
         ((out, 0.1, 0, 15, 1, 0, 0), ValueError, "random_search_times"),
         ((out, 0.1, big_r, 15, 1, 0, 0), ValueError, "random_search_times"),
         ((out, 0.1, 10, -1, 1, 0, 0), ValueError, "linear_search_times"),

@@ -1,5 +1,6 @@
 """Token budget: formula, edge cases, bad input, and a brute-force count on real tensors."""
 
+import json
 import math
 import subprocess
 import sys
@@ -8,7 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vidmem_ext.token_budget import MemoryTerm, multi_term_memory_patchification, term_grid
+from vidmem_ext.token_budget import (
+    MemoryTerm,
+    multi_term_memory_patchification,
+    parse_latent,
+    parse_term,
+    term_grid,
+)
 
 
 def term(frames, t=1, s=1, p=1):
@@ -91,6 +98,35 @@ def test_terms_must_be_a_sequence(terms):
 def test_memory_term_validates_itself():
     with pytest.raises(ValueError, match="patch_size"):
         MemoryTerm(4, 1, 1, 0)
+
+
+class _Index:
+    """An integer-like field value (as numpy ints and 0-d integer tensors are): hashes unlike its int."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __index__(self):
+        return self.value
+
+
+def test_memory_term_stores_plain_ints():
+    term = MemoryTerm(_Index(3), _Index(2))
+    assert term == MemoryTerm(3, 2) and hash(term) == hash(MemoryTerm(3, 2)) and len({term, MemoryTerm(3, 2)}) == 1
+    assert all(type(v) is int for v in term.as_dict().values())
+    assert json.loads(json.dumps(term.as_dict())) == {
+        "num_latent_frames": 3,
+        "temporal_stride": 2,
+        "spatial_stride": 1,
+        "patch_size": 1,
+    }
+
+
+@pytest.mark.parametrize("parse, name", [(parse_term, "term"), (parse_latent, "latent")])
+@pytest.mark.parametrize("text", [None, 16, b"16:4:4:2"])
+def test_text_forms_take_text_only(parse, name, text):
+    with pytest.raises(TypeError, match=f"^{name} must be text"):
+        parse(text)
 
 
 def test_import_does_not_import_torch():

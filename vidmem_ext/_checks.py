@@ -81,7 +81,10 @@ def check_momentum(momentum, name: str = "momentum"):
         return momentum
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
         raise TypeError(f"{name} must be a float in [0, 1] or a tensor, got {type(momentum).__name__}")
-    value = float(momentum)
+    try:
+        value = float(momentum)
+    except OverflowError:  # an int beyond float's range
+        raise ValueError(f"{name} must be in [0, 1], got {momentum!r}") from None
     if math.isnan(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
     return value

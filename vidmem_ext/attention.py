@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ._checks import check_int, check_momentum
+from ._checks import check_float_tensor, check_int, check_momentum
 from .momentum import temporal_momentum
 
 __all__ = ["temporal_momentum_attention", "TemporalMomentumAttnProcessor"]
@@ -80,10 +80,12 @@ def temporal_momentum_attention(
         K_t = m K_{t-1} + (1 - m) k_t with K_0 = k_0 (docs/semantics.md, "Temporal momentum"), likewise V.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        check_float_tensor(t, name)
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D (batch, heads, tokens, dim), got shape {tuple(t.shape)}")
+    for name, t in (("k", k), ("v", v)):  # checked here, whatever the momentum (0 and 1 skip the op)
+        if t.dtype != q.dtype:
+            raise ValueError(f"{name} dtype {t.dtype} differs from q dtype {q.dtype}")
     if not q.shape[0] == k.shape[0] == v.shape[0]:
         raise ValueError(f"q, k, v must share the batch size, got {q.shape[0]}, {k.shape[0]}, {v.shape[0]}")
     num_frames = check_num_frames(num_frames)
@@ -94,6 +96,18 @@ def temporal_momentum_attention(
             f"batch {batch} is not a multiple of num_frames {num_frames}: "
             "q, k, v must hold videos * num_frames items with each video's frames contiguous"
         )
+    if isinstance(momentum, torch.Tensor):
+        for name, t in (("k", k), ("v", v)):
+            per_frame = (batch // num_frames,) + tuple(t.shape[1:])  # (videos, heads, tokens, dim)
+            try:
+                fits = torch.broadcast_shapes(momentum.shape, per_frame) == per_frame
+            except RuntimeError:
+                fits = False
+            if not fits:
+                raise ValueError(
+                    f"momentum of shape {tuple(momentum.shape)} does not broadcast to {name}'s frames: "
+                    f"(videos, heads, tokens, dim) = {per_frame}"
+                )
     k = _momentum_over_frames(k, momentum, num_frames)
     v = _momentum_over_frames(v, momentum, num_frames)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)

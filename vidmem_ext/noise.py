@@ -13,16 +13,28 @@ import torch
 
 from . import _backend, _checks, reference
 
-__all__ = ["dependency_noise", "dependency_noise_step", "MAX_RANDOM_SEARCH_TIMES", "MAX_LINEAR_SEARCH_TIMES"]
+__all__ = [
+    "dependency_noise",
+    "dependency_noise_step",
+    "MAX_RANDOM_SEARCH_TIMES",
+    "MAX_LINEAR_SEARCH_TIMES",
+    "MAX_LAMBDA_I",
+]
 
 # Upper bounds of the search counts (docs/errors.md): far above any sensible use (the paper uses 10 and 15),
 # low enough that one call stays bounded in time. The C++ checks hold the same numbers.
 MAX_RANDOM_SEARCH_TIMES = 1 << 20
 MAX_LINEAR_SEARCH_TIMES = 1 << 16
+# Upper bound of lambda_i (docs/errors.md): frames are independent from about 1.65 on. Larger targets
+# only cost the fp32 errors |... - lambda_i| their precision (at 10, fp32 and fp64 chose alphas within
+# 0.004 of each other on frames of one element, the same on frames of 1024), until the errors round
+# to lambda_i itself and ties walk alpha up to 1 (identical frames at 1e8). The C++ checks hold the
+# same number.
+MAX_LAMBDA_I = 10.0
 
 
 def _check_lambda(lambda_i) -> float:
-    return _checks.check_real(lambda_i, "lambda_i", minimum=0.0)
+    return _checks.check_real(lambda_i, "lambda_i", minimum=0.0, maximum=MAX_LAMBDA_I)
 
 
 def _as_int64(value: int) -> int:
@@ -73,7 +85,7 @@ def dependency_noise(
         shape: output shape; axis 0 is the batch, `frame_dim` the frames
             (1: (B, F, ...) as in the paper; 2: (B, C, F, H, W) as diffusers lays out video latents).
         lambda_i: target of mean(exp(p) * (p - n)); 0 keeps frames (nearly) identical,
-            large values give independent frames. Finite, >= 0.
+            values from about 1.65 on give independent frames. In [0, MAX_LAMBDA_I] (10).
         random_search_times: candidates drawn per frame (>= 1).
         linear_search_times: line-search steps on alpha (>= 0).
         generator: torch generator to draw from (default: the device's default generator).
@@ -112,7 +124,7 @@ def dependency_noise(
         seed = _checks.check_int(seed, "seed")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    dtype = dtype or torch.get_default_dtype()
+    dtype = torch.get_default_dtype() if dtype is None else dtype
     if dtype not in _checks.float_dtypes():
         raise TypeError(f"dtype must be {_checks.FLOAT_DTYPE_NAMES}, got {dtype}")
     try:
@@ -123,8 +135,13 @@ def dependency_noise(
         )
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"device must name a torch device, got {device!r} ({exc})") from None
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device}: this torch build or machine has no CUDA device")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        elif device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"generator is on {generator.device} but the noise is made on {device}")
 

@@ -73,6 +73,13 @@ def memory_token_positions(
     """
     terms = _as_terms(terms)
     h, w = check_latent(latent_h, latent_w)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        # an integer dtype would drop the half-pixel centres; a string would be read as a device
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    try:
+        device = torch.device(device) if device is not None else None
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must name a torch device, got {device!r} ({exc})") from None
     blocks = []
     first_frame = 0
     for term in terms:
@@ -293,7 +300,14 @@ class MultiTermMemoryPacker(nn.Module):
         if frame_indices is None:
             frame_axis = torch.arange(frames, dtype=torch.float64)
         else:
-            frame_axis = torch.as_tensor(frame_indices).to(torch.float64)
+            try:
+                frame_axis = torch.as_tensor(frame_indices)
+            except (TypeError, ValueError, RuntimeError):
+                frame_axis = None
+            if frame_axis is None or frame_axis.dtype == torch.bool or frame_axis.is_complex():
+                got = type(frame_indices).__name__ + ("" if frame_axis is None else f" of {frame_axis.dtype}")
+                raise TypeError(f"frame_indices must be a sequence or 1-D tensor of real numbers, got {got}")
+            frame_axis = frame_axis.to(torch.float64)
             if frame_axis.shape != (frames,):
                 raise ValueError(
                     f"frame_indices must hold one index per history frame ({frames}), "
@@ -317,6 +331,11 @@ class MultiTermMemoryPacker(nn.Module):
         if not history.is_floating_point():
             raise TypeError(f"history must be a floating tensor, got {history.dtype}")
         weights = [p for p in self.parameters() if p.is_floating_point()]
+        if weights and history.device != weights[0].device:
+            raise ValueError(
+                f"history is on {history.device} but the packer's weights are on {weights[0].device}: "
+                f"move one (history.to({str(weights[0].device)!r}) or packer.to({str(history.device)!r}))"
+            )
         if weights and history.dtype != weights[0].dtype and not torch.is_autocast_enabled(history.device.type):
             raise ValueError(
                 f"history has dtype {history.dtype} but the packer's weights are {weights[0].dtype}: "

@@ -28,7 +28,7 @@ import tempfile
 import torch
 from einops import rearrange
 
-from ._checks import check_momentum
+from ._checks import check_int, check_momentum, check_real
 from .attention import TemporalMomentumAttnProcessor, check_num_frames
 from .noise import dependency_noise
 
@@ -530,11 +530,18 @@ def tiny_stable_diffusion(seed: int = 0, image_size: int = 32, attention_gain: f
     attend to similar content, as trained models' attention does, so temporal
     momentum attention has a visible effect (attention_gain=1 keeps them tied only).
     """
+    seed = check_int(seed, "seed", minimum=-(2**63), maximum=2**64 - 1)  # what torch.manual_seed takes
+    image_size = check_int(image_size, "image_size", minimum=8)
+    if image_size % 2:
+        raise ValueError(f"image_size must be even and >= 8, got {image_size}")
+    attention_gain = check_real(attention_gain, "attention_gain")
+    try:
+        device = torch.device(device) if device is not None else None
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must name a torch device, got {device!r} ({exc})") from None
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    if image_size % 2 or image_size < 8:
-        raise ValueError(f"image_size must be even and >= 8, got {image_size}")
     max_length, text_width = 32, 32
     state = torch.random.get_rng_state()
     try:

@@ -42,7 +42,10 @@ class MemoryTerm:
     patch_size: int = 1
 
     def __post_init__(self):
-        validate_term(self, "term")
+        # Stored as the plain ints they validate to (a numpy or 0-d tensor field would break ==, hash
+        # and as_dict's JSON).
+        for key, value in zip(_KEYS, validate_term(self, "term")):
+            object.__setattr__(self, key, value)
 
     def as_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in _KEYS}
@@ -128,6 +131,8 @@ FRAMEPACK_LATENT = "60x104"
 
 def parse_term(text: str) -> MemoryTerm:
     """A term from "FRAMES:TSTRIDE:SSTRIDE:PATCH" (e.g. "16:4:4:2"); ValueError naming the text otherwise."""
+    if not isinstance(text, str):
+        raise TypeError(f"term must be text FRAMES:TSTRIDE:SSTRIDE:PATCH, got {type(text).__name__}")
     parts = text.split(":")
     try:
         if len(parts) != 4:
@@ -143,6 +148,8 @@ def parse_term(text: str) -> MemoryTerm:
 
 def parse_latent(text: str) -> tuple[int, int]:
     """(height, width) from "HxW" (e.g. "60x104"), both >= 0; ValueError naming the text otherwise."""
+    if not isinstance(text, str):
+        raise TypeError(f"latent must be text HxW, got {type(text).__name__}")
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:

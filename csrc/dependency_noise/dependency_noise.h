@@ -246,5 +246,10 @@ constexpr int64_t kMaxBatch = int64_t(1) << 32;
 // far above any sensible use, low enough that one call stays bounded in time.
 constexpr int64_t kMaxRandomSearchTimes = int64_t(1) << 20;
 constexpr int64_t kMaxLinearSearchTimes = int64_t(1) << 16;
+// Upper bound of lambda_i (vidmem_ext/noise.py: MAX_LAMBDA_I): from about 1.65 on, frames are
+// already independent. Larger targets only cost the fp32 errors |... - lambda_i| their precision,
+// until they round to lambda_i itself: ties then pass the line search's <= test and alpha walks up
+// to 1 (identical frames at 1e8, instead of independent ones).
+constexpr double kMaxLambda = 10.0;
 
 }  // namespace vidmem

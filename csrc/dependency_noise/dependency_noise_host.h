@@ -16,8 +16,8 @@
 namespace vidmem {
 
 inline void check_search_args(const char* op, double lambda_i, int64_t linear_search_times) {
-  TORCH_CHECK_VALUE(std::isfinite(lambda_i) && lambda_i >= 0, op, ": lambda_i must be a finite float >= 0, got ",
-                    lambda_i);
+  TORCH_CHECK_VALUE(std::isfinite(lambda_i) && 0 <= lambda_i && lambda_i <= kMaxLambda, op,
+                    ": lambda_i must be a finite float in [0, ", kMaxLambda, "], got ", lambda_i);
   TORCH_CHECK_VALUE(0 <= linear_search_times && linear_search_times <= kMaxLinearSearchTimes, op,
                     ": linear_search_times must be in [0, ", kMaxLinearSearchTimes, "], got ", linear_search_times);
 }
