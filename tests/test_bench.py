@@ -55,6 +55,8 @@ def test_quick_cpu_run_writes_json_markdown_and_png(tiny, tmp_path, capsys):
     for peer in ("accelerated-scan warp", "accelerated-scan triton", "fla hgrn chunk", "fla hgrn fused_recurrent"):
         notes = [r["note"] for r in rows if r["impl"] == peer]
         assert notes and all(n.startswith("skipped: ") for n in notes)
+    # --impls takes exactly the names the momentum rows carry
+    assert {r["impl"] for r in rows if r["op"] == "momentum"} == set(momentum.IMPLEMENTATIONS)
     noise_rows = [r for r in rows if r["op"] == "noise"]
     assert {r["impl"] for r in noise_rows} == {"vidmem_ext", "eager", "torch.randn"}
     assert all(r["median_ms"] > 0 for r in noise_rows)
@@ -77,24 +79,53 @@ def test_the_command_line_entry_point(tmp_path):
     assert (out / "bench.md").exists() and not (out / "bench.png").exists()  # nothing to plot without momentum
 
 
+def _usage_error(argv, capsys) -> str:
+    """The last line bench printed for a usage error (exit status 2, usage first, no traceback)."""
+    with pytest.raises(SystemExit) as info:
+        bench.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m vidmem_ext bench") and "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--ops", "momentum,warp"], "unknown op(s) warp"),
+        (["--ops", ","], "unknown op(s) (none given)"),
         (["--dtypes", "int8"], "unknown floating dtype"),
-        (["--threads", "0"], "--threads must be >= 1"),
+        (["--threads", "0"], "--threads must be in [1, 1024]"),
+        (["--threads", "100000"], "--threads must be in [1, 1024]"),
+        (["--runs", "0"], "--runs must be in [1, 100]"),
+        (["--runs", "100000000"], "--runs must be in [1, 100]"),
+        (["--budget", "-1"], "--budget must be a finite number"),
+        (["--budget", "nan"], "--budget must be a finite number"),
+        (["--impls", "foo"], "--impls: unknown implementation(s) foo"),
+        (["--impls", "vidmem_ext", "--ops", "noise"], "--ops has no momentum"),
+        (["--stem", ""], "--stem must be a plain file name"),
+        (["--stem", "sub/x"], "--stem must be a plain file name"),
     ],
 )
 def test_bad_arguments_are_named(argv, message, tmp_path, capsys):
-    assert bench.main(["--device", "cpu", "--out", str(tmp_path), *argv]) == 2
-    assert message in capsys.readouterr().err
-    assert not os.listdir(tmp_path)
+    out = tmp_path / "o"
+    last = _usage_error(["--device", "cpu", "--out", str(out), *argv], capsys)
+    assert last.startswith("python -m vidmem_ext bench: error: ") and message in last
+    assert not out.exists()  # checked before anything runs or is written
+
+
+@pytest.mark.parametrize("where", ["file", "under a file", "empty"])
+def test_a_bad_out_folder_is_refused_before_the_run(where, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    out = {"file": tmp_path / "f", "under a file": tmp_path / "f" / "sub", "empty": ""}[where]
+    last = _usage_error(["--device", "cpu", "--ops", "noise", "--out", str(out)], capsys)
+    assert "--out" in last
+    assert sorted(os.listdir(tmp_path)) == ["f"] and (tmp_path / "f").read_text() == "x"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_without_a_gpu_is_refused(tmp_path, capsys):
-    assert bench.main(["--device", "cuda", "--out", str(tmp_path)]) == 2
-    assert "no CUDA GPU" in capsys.readouterr().err
+    assert "no CUDA GPU" in _usage_error(["--device", "cuda", "--out", str(tmp_path)], capsys)
 
 
 def test_a_wrong_result_is_never_timed(tiny, monkeypatch):

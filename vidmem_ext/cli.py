@@ -111,7 +111,7 @@ def main(argv=None) -> int:
         print("\n".join(info_lines()))
         return 0
     if args.command == "bench":
-        return bench.run(args)
+        return bench.run(args, bench_parser)
     if args.command == "demo":
         return demo.main(args, demo_parser)
     if args.command == "train-demo-model":

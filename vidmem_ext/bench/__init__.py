@@ -11,12 +11,16 @@ benchmarks/ call the same functions (vidmem_ext.bench.momentum, .noise, .packer,
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import sys
 import time
 
 OPS = ("momentum", "noise", "packer", "attention")
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp64": "float64"}
+# Bounds that keep a typo from running for hours (a full CPU run takes minutes; 5 runs are what the
+# records use) or asking torch for absurd thread counts.
+MAX_RUNS = 100
+MAX_THREADS = 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -104,35 +108,56 @@ def median_rows(runs: list[list[dict]]) -> list[dict]:
     return merged
 
 
-def run(args) -> int:
+def _check_arguments(args, parser: argparse.ArgumentParser):
+    """(ops, dtypes, impls) from args; any bad option is a usage error (exit 2) before anything runs or is written."""
+    from ..demo_model import check_out_dir
+    from .momentum import IMPLEMENTATIONS
+
+    ops = [op.strip() for op in args.ops.split(",") if op.strip()]
+    unknown = [op for op in ops if op not in OPS]
+    if unknown or not ops:
+        given = ", ".join(unknown) or "(none given)"
+        parser.error(f"--ops: unknown op(s) {given}; choose from {', '.join(OPS)}")
+    try:
+        dtypes = parse_dtypes(args.dtypes)
+    except ValueError as exc:
+        parser.error(str(exc))
+    impls = None
+    if args.impls is not None:
+        impls = {name.strip() for name in args.impls.split(",") if name.strip()}
+        wrong = sorted(impls - set(IMPLEMENTATIONS))
+        if wrong or not impls:
+            parser.error(f"--impls: unknown implementation(s) {', '.join(wrong) or '(none given)'}; "
+                         f"choose from {', '.join(IMPLEMENTATIONS)}")  # fmt: skip
+        if "momentum" not in ops:
+            parser.error("--impls selects momentum implementations, but --ops has no momentum")
+    if not 1 <= args.runs <= MAX_RUNS:
+        parser.error(f"--runs must be in [1, {MAX_RUNS}], got {args.runs}")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        parser.error(f"--threads must be in [1, {MAX_THREADS}], got {args.threads}")
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget >= 0):
+        parser.error(f"--budget must be a finite number of seconds >= 0, got {args.budget}")
+    stem = args.stem
+    if not stem or stem in (".", "..") or "/" in stem or os.sep in stem or stem.startswith("."):
+        parser.error(f"--stem must be a plain file name (no folder, not hidden), got {stem!r}")
+    check_out_dir(parser, args.out)
+    return ops, dtypes, impls
+
+
+def run(args, parser: argparse.ArgumentParser | None = None) -> int:
     import torch
 
     from .. import _backend
     from .report import text_table, write
     from .timing import allocation_mode, build_info, device_name
 
-    ops = [op.strip() for op in args.ops.split(",") if op.strip()]
-    unknown = [op for op in ops if op not in OPS]
-    if unknown or not ops:
-        given = ", ".join(unknown) or "(none given)"
-        print(f"--ops: unknown op(s) {given}; choose from {', '.join(OPS)}", file=sys.stderr)
-        return 2
-    try:
-        dtypes = parse_dtypes(args.dtypes)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    if parser is None:
+        parser = argparse.ArgumentParser(prog="python -m vidmem_ext bench")
+    ops, dtypes, impls = _check_arguments(args, parser)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: no CUDA GPU is available to this torch", file=sys.stderr)
-        return 2
-    if args.runs < 1:
-        print(f"--runs must be >= 1, got {args.runs}", file=sys.stderr)
-        return 2
+        parser.error("--device cuda: no CUDA GPU is available to this torch")
     if args.threads is not None:
-        if args.threads < 1:
-            print(f"--threads must be >= 1, got {args.threads}", file=sys.stderr)
-            return 2
         torch.set_num_threads(args.threads)
 
     meta = {"device": device_name(device), "device_type": device.type, **build_info()}
@@ -156,7 +181,6 @@ def run(args) -> int:
     print(f"vidmem_ext bench on {meta['device']}: torch {meta['torch']} ({meta['torch_build']}), "
           f"compiled kernels: {meta['compiled']}{'; --quick' if args.quick else ''}", flush=True)  # fmt: skip
 
-    impls = {name.strip() for name in args.impls.split(",")} if args.impls else None
     runs = []
     for _ in range(args.runs):
         rows, goals = collect(device, ops, quick=args.quick, dtypes=dtypes, compile_loop=not args.no_compile,
@@ -182,4 +206,4 @@ def run(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vidmem_ext bench", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run(parser.parse_args(argv), parser)

@@ -58,6 +58,17 @@ QUICK_LAYOUTS = [
 ]
 
 PEER_INSTALL = {"accelerated-scan": "pip install accelerated-scan", "fla": "pip install fla-core"}
+# Every implementation a momentum row can name (--impls chooses among these).
+IMPLEMENTATIONS = (
+    "vidmem_ext",
+    "loop",
+    "matrix",
+    "compiled loop",
+    "accelerated-scan warp",
+    "accelerated-scan triton",
+    "fla hgrn chunk",
+    "fla hgrn fused_recurrent",
+)
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 
 
