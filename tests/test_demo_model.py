@@ -215,7 +215,9 @@ def test_train_command_smoke(tmp_path, capsys):
         (["--seed", str(2**70)], r"--seed must be in \[0, "),
         (["--threads", "0"], r"--threads must be in \[1, "),
         (["--unet-steps", str(10**9)], r"--unet-steps must be in \[0, "),
+        (["--vae-steps", "20001"], r"--vae-steps must be in \[0, 20000\]"),
         (["--dataset-size", "0"], r"--dataset-size must be in \[1, "),
+        (["--dataset-size", "100001"], r"--dataset-size must be in \[1, 100000\]"),
     ],
 )
 def test_train_command_bad_arguments(tmp_path, capsys, extra, message):

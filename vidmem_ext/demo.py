@@ -85,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_arguments(parser, args) -> None:
     """Every bad argument ends here with a one-line usage error (exit 2), before any work or file is written."""
     from .demo_model import check_out_dir, parse_prompt
+    from .noise import MAX_LAMBDA_I
 
     check_out_dir(parser, args.out)
     if args.model is not None:
@@ -110,12 +111,25 @@ def _check_arguments(parser, args) -> None:
         parser.error(f"--guidance must be a finite number in [0, 100], got {args.guidance}")
     if not 0.0 <= args.momentum <= 1.0:  # also refuses nan
         parser.error(f"--momentum must be in [0, 1], got {args.momentum}")
-    if not (math.isfinite(args.lambda_i) and args.lambda_i >= 0.0):
-        parser.error(f"--lambda must be a finite number >= 0, got {args.lambda_i}")
+    if not 0.0 <= args.lambda_i <= MAX_LAMBDA_I:  # also refuses nan
+        parser.error(f"--lambda must be in [0, {MAX_LAMBDA_I:g}], got {args.lambda_i}")
     if not 0 <= args.seed <= MAX_SEED:
         parser.error(f"--seed must be in [0, 2**63 - 1], got {args.seed}")
     if args.threads is not None and not 1 <= args.threads <= 1024:
         parser.error(f"--threads must be in [1, 1024], got {args.threads}")
+    if args.device is not None:
+        if args.model is None:
+            parser.error("--device is for --model (the demo model runs on the CPU)")
+        import torch
+
+        try:
+            device = torch.device(args.device)
+        except (RuntimeError, TypeError) as exc:
+            parser.error(f"--device {args.device}: not a torch device ({exc})")
+        if device.type == "cuda" and not (
+            torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+        ):
+            parser.error(f"--device {args.device}: this torch build or machine has no such CUDA device")
 
 
 class _Steps:
