@@ -320,6 +320,58 @@ def test_empty_shapes_are_checked_before_the_stream_layout():
     assert out.shape == (2, 3, 0) and torch.equal(alphas, torch.zeros(2, 3))
 
 
+@compiled
+@pytest.mark.parametrize("shape, frame_dim", [((2**32, 0, 2**32), 2), ((2**33, 0, 2**31), -1)])
+def test_empty_out_whose_sizes_wrap_is_an_error_not_a_crash(shape, frame_dim):
+    # batch x frames = 2**64 wrapped to 0 and divided by it (SIGFPE) in the op's own checks
+    code = (
+        "import torch, vidmem_ext.noise\n"
+        f"out = torch.empty({shape})\n"
+        "try:\n"
+        f"    torch.ops.vidmem_ext.dependency_noise_fill_(out, 0.1, 10, 15, {frame_dim}, 0, 0)\n"
+        "except (ValueError, RuntimeError) as exc:\n"
+        "    print('raised', type(exc).__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-500:]}"
+    assert result.stdout.startswith("raised")
+
+
+@compiled
+def test_fill_refuses_an_out_whose_elements_share_memory():
+    out = torch.zeros(2, 1, 4).expand(2, 3, 4)
+    with pytest.raises(ValueError, match="dependency_noise_fill_: out has elements that share memory"):
+        torch.ops.vidmem_ext.dependency_noise_fill_(out, 0.1, 10, 15, 1, 0, 0)
+    assert torch.equal(out, torch.zeros(2, 3, 4))
+
+
+@compiled
+def test_meta_and_cpu_arguments_together_are_refused():
+    # Such a call dispatches to the fake kernels, not the CPU kernels: they must check devices (and
+    # what else the kernels check) instead of returning an uninitialised CPU tensor.
+    import vidmem_ext.noise  # noqa: F401 - registers the noise ops' fakes
+
+    ops = torch.ops.vidmem_ext
+    x, meta = torch.randn(5, 3, 4), torch.empty(5, 3, 4, device="meta")
+    calls = [
+        (lambda: ops.temporal_momentum(x, torch.full((3, 4), 0.5, device="meta"), 0.0, 0, None), "momentum is on meta"),
+        (lambda: ops.temporal_momentum(x, None, 0.5, 0, torch.zeros(3, 4, device="meta")), "initial is on meta"),
+        (lambda: ops.temporal_momentum_backward(meta, x, x, None, 0.5, 0, None, False), "grad_y is on meta"),
+        (lambda: ops.temporal_momentum_backward(x, x, meta, None, 0.5, 0, None, False), "y is on meta"),
+        (
+            lambda: ops.dependency_noise_step(x, torch.empty(3, 5, 3, 4, device="meta"), 0.1, 15),
+            "candidates is on meta",
+        ),
+        (lambda: ops.temporal_momentum(meta, torch.empty(7, device="meta"), 0.0, 0, None), "does not broadcast"),
+        (lambda: ops.temporal_momentum_backward(meta, meta, meta[:2], None, 0.5, 0, None, False), "y must have"),
+    ]
+    for call, message in calls:
+        with pytest.raises(ValueError, match=message):
+            call()
+    with pytest.raises(IndexError, match="dim 99"):
+        ops.temporal_momentum(meta, None, 0.5, 99, None)
+
+
 # --------------------------------------------------------------------------- items 10, 11 and 13 (budget)
 
 

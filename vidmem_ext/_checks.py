@@ -106,6 +106,17 @@ def check_float_tensor(value, name: str):
     return value
 
 
+def check_same_device(first_name: str, first, **others) -> None:
+    """ValueError unless every tensor in `others` (None skipped) is on `first`'s device.
+
+    The fake kernels call it: a call that mixes meta and real tensors dispatches to them, and without
+    it would return an uninitialised tensor on the real device.
+    """
+    for name, tensor in others.items():
+        if tensor is not None and tensor.device != first.device:
+            raise ValueError(f"{name} is on {tensor.device} but {first_name} is on {first.device}")
+
+
 def check_dim(dim, ndim: int, tensor_name: str = "x", name: str = "dim") -> int:
     """An axis index of a tensor with `ndim` dims (negative allowed), returned in [0, ndim)."""
     dim = check_int(dim, name)

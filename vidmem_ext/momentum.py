@@ -152,14 +152,21 @@ def _eager_call(x, m_tensor, m_value, dim, initial):
 
 if _backend.compiled():
     # The kernels allocate their outputs with at::empty_like (x's strides when x is dense and
-    # non-overlapping), grad_momentum contiguous in the accumulation dtype.
+    # non-overlapping), grad_momentum contiguous in the accumulation dtype. The fakes check what the
+    # kernels check of devices, dims and shapes: a call that mixes meta and CPU tensors runs them, not
+    # the kernels, and must not hand back an uninitialised CPU tensor.
     @torch.library.register_fake("vidmem_ext::temporal_momentum")
     def _temporal_momentum_fake(x, momentum, momentum_value, dim, initial):
+        check_args(x, momentum if momentum is not None else momentum_value, dim, initial)
         return torch.empty_like(x)
 
     @torch.library.register_fake("vidmem_ext::temporal_momentum_backward")
     def _temporal_momentum_backward_fake(grad_y, x, y, momentum, momentum_value, dim, initial, momentum_grad):
-        dim = dim % x.dim()
+        _checks.check_same_device("x", x, grad_y=grad_y, y=y)
+        for name, tensor in (("grad_y", grad_y), ("y", y)):
+            if tensor.shape != x.shape:
+                raise ValueError(f"{name} must have x's shape {tuple(x.shape)}, got {tuple(tensor.shape)}")
+        dim, _, _, _ = check_args(x, momentum if momentum is not None else momentum_value, dim, initial)
         slice_shape = x.shape[:dim] + x.shape[dim + 1 :]
         acc = _checks.acc_dtype(x.dtype)
         grad_m = x.new_empty(slice_shape, dtype=acc) if momentum_grad else x.new_empty((0,), dtype=acc)

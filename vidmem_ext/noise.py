@@ -208,6 +208,13 @@ if _backend.compiled():
 
     @torch.library.register_fake("vidmem_ext::dependency_noise_step")
     def _step_fake(prev, candidates, lambda_i, linear_search_times):
+        # A call mixing meta and real tensors runs this, not the kernel: check what would go wrong.
+        _checks.check_same_device("prev", prev, candidates=candidates)
+        if prev.dim() < 1 or candidates.shape[1:] != prev.shape:
+            raise ValueError(
+                f"candidates must have shape (R, *prev.shape) with prev of shape {tuple(prev.shape)}, "
+                f"got {tuple(candidates.shape)}"
+            )
         batch = prev.shape[0]
         alpha = prev.new_empty((batch,), dtype=_checks.acc_dtype(prev.dtype))
         return torch.empty_like(prev), alpha, prev.new_empty((batch,), dtype=torch.int64)

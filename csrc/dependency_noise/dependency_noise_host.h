@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -36,10 +37,15 @@ inline int64_t check_fill_args(const at::Tensor& out, double lambda_i, int64_t r
   TORCH_CHECK_VALUE(frame_dim % out.dim() != 0, op, ": frame_dim must index a non-batch axis of out (1..",
                     out.dim() - 1, "), got ", frame_dim);
   to_dtype(out.scalar_type(), "dependency_noise_fill_: out");
+  // As torch's own in-place ops: memory that several elements share (an expanded view) is refused
+  // before any work; layouts it cannot decide (as_strided) are written element by element.
+  TORCH_CHECK_VALUE(at::has_internal_overlap(out) != at::MemOverlap::Yes, op,
+                    ": out has elements that share memory (an expanded view); pass a tensor of its own, e.g. "
+                    "out.clone()");
   frame_dim = (frame_dim + out.dim()) % out.dim();
-  const int64_t frame_numel = out.size(0) == 0 || out.size(frame_dim) == 0
-                                  ? 0
-                                  : out.numel() / (out.size(0) * out.size(frame_dim));
+  // An empty out may have sizes whose product wraps (2**32 x 0 x 2**32): divide only when it is not
+  // empty, where the product is at most numel.
+  const int64_t frame_numel = out.numel() == 0 ? 0 : out.numel() / (out.size(0) * out.size(frame_dim));
   TORCH_CHECK_VALUE(frame_numel <= kMaxFrameNumel && out.size(0) <= kMaxBatch, op, ": out: frames of ", frame_numel,
                     " elements (at most ", kMaxFrameNumel, ") and a batch of ", out.size(0), " (at most ", kMaxBatch,
                     ") exceed what the Philox stream layout addresses");
