@@ -21,8 +21,11 @@ DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 # -std=c++20: the CPU momentum kernels use requires-expressions. torch 2.13 compiles extensions as
 # C++20 by default, but torch 2.11 and older default to C++17; naming it here builds with both.
 # (nvcc keeps torch's default: the .cu files are C++17.)
+# -fmad=false: the same for nvcc, which otherwise contracts a * b + c into an FMA (thousands of them in
+# the momentum kernels' PTX), so that GPU results differed from the CPU's in the last bits. The noise
+# kernels round each step with __fmul_rn/__fadd_rn anyway; tests/test_fp_contract.py checks the PTX.
 CXX_FLAGS = ["-O3", "-ffp-contract=off", "-std=c++20"]
-NVCC_FLAGS = ["-O3", "-lineinfo"]
+NVCC_FLAGS = ["-O3", "-lineinfo", "-fmad=false"]
 # VIDMEM_EXT_BWD_LAUNCH_BOUNDS=1 builds the momentum backward lane-chunks kernels with __launch_bounds__
 # limiting their registers (two blocks per SM); benchmarks/gpu_check.sh times both builds.
 if os.environ.get("VIDMEM_EXT_BWD_LAUNCH_BOUNDS", "").strip() == "1":

@@ -44,14 +44,14 @@ int main() {
 """
 
 
-def project_cxx_flags() -> list[str]:
-    """CXX_FLAGS as setup.py assigns it (read, not imported: importing setup.py would run setup())."""
+def project_flags(name: str = "CXX_FLAGS") -> list[str]:
+    """A flag list as setup.py assigns it (read, not imported: importing setup.py would run setup())."""
     with open(os.path.join(ROOT, "setup.py")) as f:
         tree = ast.parse(f.read())
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "CXX_FLAGS" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
             return ast.literal_eval(node.value)
-    raise AssertionError("setup.py assigns no CXX_FLAGS list")
+    raise AssertionError(f"setup.py assigns no {name} list")
 
 
 def philox_header() -> str:
@@ -88,7 +88,7 @@ def flags():
         pytest.skip("needs g++ (the compiler the extension is built with)")
     if X86 and not cpu_has_fma():
         pytest.skip("this CPU has no FMA: an -mfma build cannot run here")
-    result = project_cxx_flags()
+    result = project_flags()
     assert "-ffp-contract=off" in result
     return result
 
@@ -105,3 +105,31 @@ def test_contraction_would_change_the_bits(tmp_path, flags):
     plain = normals_digest(tmp_path, "plain", flags)
     contracted = normals_digest(tmp_path, "contracted", [*flags, *FMA, "-O3", "-ffp-contract=fast"])
     assert plain != contracted
+
+
+# --------------------------------------------------------------------------- nvcc
+
+NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+MOMENTUM_CU = os.path.join(ROOT, "csrc", "temporal_momentum", "temporal_momentum.cu")
+
+
+def momentum_ptx_fmas(tmp_path, flags: list[str]) -> int:
+    """Fused multiply-adds in the PTX of the momentum kernels built with `flags` (sm_90)."""
+    ptx = tmp_path / "momentum.ptx"
+    cmd = [NVCC, "-std=c++17", *flags, "-arch=sm_90", f"-I{os.path.join(ROOT, 'csrc')}", "-ptx", MOMENTUM_CU]
+    build = subprocess.run([*cmd, "-o", str(ptx)], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, f"{' '.join(cmd)}\n{build.stderr[-2000:]}"
+    return ptx.read_text().count("fma.rn.")
+
+
+@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
+def test_nvcc_flags_keep_the_momentum_kernels_free_of_fma(tmp_path):
+    # The momentum kernels write a * b + c in plain C++ (shared with the CPU kernels through
+    # temporal_momentum.h); nvcc contracts that into FMAs unless told not to, and the GPU's bits then
+    # differ from the CPU's. (The noise kernels round each step with __fmul_rn/__fadd_rn; their PTX
+    # keeps the FMAs inside libdevice's double exp and log, which no flag changes.)
+    flags = project_flags("NVCC_FLAGS")
+    assert "-fmad=false" in flags
+    assert momentum_ptx_fmas(tmp_path, flags) == 0
+    # and the check can tell: the same build with contraction allowed has them
+    assert momentum_ptx_fmas(tmp_path, [f for f in flags if f != "-fmad=false"]) > 0
