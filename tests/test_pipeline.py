@@ -132,6 +132,37 @@ def test_bad_arguments_give_clear_errors(pipe):
         zero_shot_video(pipe, "a", num_frames=0)
     with pytest.raises(ValueError, match="momentum"):
         zero_shot_video(pipe, "a", momentum=2.0)
+    originals = pipe.unet.attn_processors
+    for size in ({"height": 16}, {"width": 16}):  # pipelines fill in the other side differently
+        with pytest.raises(ValueError, match="height and width: pass both or neither"):
+            zero_shot_video(pipe, "a", **size)
+    assert pipe.unet.attn_processors == originals
+
+
+def test_latents_take_the_vae_channels_when_the_unet_takes_more(pipe):
+    # An inpainting UNet takes 9 channels: the 4 latent channels the pipeline draws (and that
+    # zero_shot_video passes) plus the mask and the masked image's latents, which it concatenates.
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from PIL import Image
+
+    config = dict(pipe.unet.config)
+    config["in_channels"] = 9
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel.from_config(config)
+    inpaint = StableDiffusionInpaintPipeline(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=unet, scheduler=pipe.scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    inpaint.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray((rng.random((32, 32, 3)) * 255).astype("uint8"))
+    mask = Image.fromarray(((rng.random((32, 32)) > 0.5) * 255).astype("uint8"))
+    frames = zero_shot_video(
+        inpaint, "a", num_frames=2, generator=_generator(), image=image, mask_image=mask, strength=1.0,
+        num_inference_steps=1, output_type="np",
+    )  # fmt: skip
+    assert frames.shape == (2, 32, 32, 3) and np.isfinite(frames).all()
 
 
 def test_tiny_pipeline_is_reproducible_and_leaves_the_global_rng_alone():

@@ -295,9 +295,16 @@ def temporal_momentum_processors(model, momentum=0.98, num_frames: int = 8, laye
 
 
 def _latent_size(pipe, height, width) -> tuple[int, int]:
-    """Latent height and width the way StableDiffusionPipeline picks them (both default when either is missing)."""
+    """Latent height and width: the UNet's sample size without height and width, else theirs."""
     scale = pipe.vae_scale_factor
-    if not height or not width:
+    if bool(height) != bool(width):
+        # StableDiffusionPipeline then defaults both, AnimateDiff, TextToVideoSD and SDXL the missing
+        # one alone: latents drawn by either rule would be the wrong size for the others.
+        raise ValueError(
+            f"height and width: pass both or neither (got height={height!r}, width={width!r}); "
+            "pipelines fill in a missing one differently"
+        )
+    if not height:
         sample_size = pipe.unet.config.sample_size
         h, w = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
         return int(h), int(w)
@@ -392,7 +399,7 @@ def zero_shot_video(
             the frames' initial noise alike, large makes it independent.
         generator: one torch.Generator; it draws the noise and is passed on to the pipeline.
         **pipe_kwargs: passed to `pipe(...)` (num_inference_steps, guidance_scale,
-            height, width, output_type, negative_prompt, ...), except `latents`,
+            height and width (both or neither), output_type, negative_prompt, ...), except `latents`,
             `num_images_per_prompt` and `num_videos_per_prompt`, which this function sets.
 
     Returns:
@@ -433,7 +440,12 @@ def zero_shot_video(
     latent_h, latent_w = _latent_size(pipe, pipe_kwargs.get("height"), pipe_kwargs.get("width"))
     device = pipe._execution_device
     frame_dim = 2 if kind == "video" else 1
-    shape = [videos, unet.config.in_channels, latent_h, latent_w]
+    # The latents' channels, which the pipeline's prepare_latents draws: the VAE's where there is one
+    # (an inpainting or InstructPix2Pix UNet takes more input channels: the mask and image latents the
+    # pipeline concatenates), else the UNet's input channels.
+    vae = getattr(pipe, "vae", None)
+    channels = getattr(getattr(vae, "config", None), "latent_channels", None) or unet.config.in_channels
+    shape = [videos, channels, latent_h, latent_w]
     shape.insert(frame_dim, num_frames)
     noise = dependency_noise(
         tuple(shape),
