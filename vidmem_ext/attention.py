@@ -118,7 +118,9 @@ class TemporalMomentumAttnProcessor:
 
     Drop-in for `AttnProcessor2_0` on self-attention layers (same call
     signature; handles spatial_norm, group_norm, 4-D inputs, attention masks,
-    norm_q/norm_k, residual_connection and rescale_output_factor the same way).
+    norm_q/norm_k, residual_connection and rescale_output_factor the same way;
+    on a layer with scale_qk=False it uses attn.scale, as `AttnProcessor`, the
+    processor diffusers installs there, does).
     With `encoder_hidden_states` (cross-attention) it is plain attention. Any
     batch that is a multiple of num_frames works, so classifier-free guidance
     batches [uncond; cond] (each videos x frames) need nothing special.
