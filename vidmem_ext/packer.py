@@ -460,8 +460,9 @@ def plan_memory_terms(
     The scheme (FramePack's, generalised): levels k = 0, 1, ..., K with stride
     2^k in time and space alike (with patch_size 2: kernels 1x2x2, 2x4x4,
     4x8x8, ...), 2^K = max_stride. Going back in time from the newest frame,
-    each term sits one level coarser than the one after it; every frame is
-    covered exactly once. The newest min(recent_frames, history_frames) frames
+    each term sits at a coarser level than the one after it (a level that gets
+    no frames has no term, so a plan may skip one); every frame is covered
+    exactly once. The newest min(recent_frames, history_frames) frames
     are at level 0 (stride 1). Every term but the oldest covers a whole number
     of its temporal stride, so only the oldest term is padded in time.
 

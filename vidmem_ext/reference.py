@@ -75,6 +75,9 @@ def momentum_matrix(num_frames: int, momentum, dtype=torch.float64, device=None)
 def temporal_momentum_matrix(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: torch.Tensor | None = None):
     """The corrected matrix form of the seed's "efficient" version: y = U @ x' along frames.
 
+    For finite inputs only: U's zeros multiply every frame, so a NaN or inf spreads to earlier frames
+    (the loop reference keeps the exact endpoints and forward-only propagation).
+
     x'_0 = x_0 (or m * initial + (1 - m) * x_0 with an initial state) and
     x'_t = (1 - m) * x_t. The seed's einsum("ff, fbnc -> fbnc") takes U's
     diagonal and returns x' unchanged; the contraction meant is "g f, f ... -> g ...".
