@@ -72,6 +72,7 @@ HEADER_BYTES = _HEADER_SLOTS * 8
 _MAGIC = 0x766D5F6D6F6D  # "vm_mom": a different collective on some rank shows up as a bad magic
 _MAX_LISTED_DIMS = 8  # frame-slice dims written out for error messages (all dims enter the hash)
 _FLAG_INITIAL, _FLAG_MOMENTUM_TENSOR, _FLAG_NEEDS_GRAD = 1, 2, 4
+_FLAG_BAD_ARGUMENTS = 8  # the rank's own argument checks failed: every rank raises, none waits for it
 # slot indices
 _S_MAGIC, _S_LEN, _S_FLAGS, _S_DTYPE, _S_NDIM, _S_NUMEL, _S_HASH, _S_MOMENTUM, _S_DIMS = range(9)
 
@@ -145,6 +146,21 @@ class _Plan:
         return h
 
 
+def _bad_arguments_header() -> torch.Tensor:
+    h = torch.zeros(_HEADER_SLOTS, dtype=torch.int64)
+    h[_S_MAGIC], h[_S_FLAGS] = _MAGIC, _FLAG_BAD_ARGUMENTS
+    return h
+
+
+def _header_device(x_local, group) -> torch.device:
+    """Where the header goes: x_local's device, or (x_local not a tensor) the backend's."""
+    if isinstance(x_local, torch.Tensor):
+        return x_local.device
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _describe_slice(row) -> str:
     ndim = int(row[_S_NDIM])
     dims = [int(d) for d in row[_S_DIMS : _S_DIMS + min(ndim, _MAX_LISTED_DIMS)]]
@@ -164,6 +180,12 @@ def _check_headers(headers: torch.Tensor) -> list[int]:
         raise RuntimeError(
             f"vidmem_ext.distributed.temporal_momentum: ranks {bad_magic} of the group sent a different message; "
             "every rank of the group must call temporal_momentum together, in the same order"
+        )
+    bad_arguments = [q for q in range(world) if rows[q][_S_FLAGS] & _FLAG_BAD_ARGUMENTS]
+    if bad_arguments:
+        raise ValueError(
+            f"vidmem_ext.distributed.temporal_momentum: the arguments of ranks {bad_arguments} failed their checks "
+            "(the error there says which); every rank of the group stops"
         )
     if differing(_S_DTYPE):
         names = {v: k for k, v in _DTYPE_CODES.items()}
@@ -243,8 +265,15 @@ class _CarryExchange(torch.autograd.Function):
         return carry.clone()  # never an alias of `initial` or of the gather buffer
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_carry):
+        if torch.is_grad_enabled():
+            # A backward that builds a graph (create_graph=True) would need this exchange's own
+            # derivative; once_differentiable only guarded .backward() through it, while
+            # autograd.grad(..., x) skipped the carry's second-order terms without a word.
+            raise RuntimeError(
+                "vidmem_ext.distributed.temporal_momentum: second-order gradients (create_graph=True) are not "
+                "supported; the single-process vidmem_ext.temporal_momentum has them"
+            )
         plan, lengths, first_rank = ctx.plan, ctx.lengths, ctx.first_rank
         acc, slice_shape, rank, world = plan.acc, plan.slice_shape, plan.rank, plan.world
         (m_tensor,) = ctx.saved_tensors
@@ -345,8 +374,14 @@ def temporal_momentum(
 
     The local scans use the single-process op (its compiled kernels when built).
     """
-    dim, slice_shape, m_tensor, m_value = check_args(x_local, momentum, dim, initial, x_name="x_local")
+    try:
+        dim, slice_shape, m_tensor, m_value = check_args(x_local, momentum, dim, initial, x_name="x_local")
+        bad_arguments = None
+    except (TypeError, ValueError, IndexError) as exc:
+        bad_arguments = exc
     if not dist.is_available() or not dist.is_initialized():
+        if bad_arguments is not None:
+            raise bad_arguments
         raise RuntimeError(
             "vidmem_ext.distributed.temporal_momentum needs an initialized default process group "
             "(torch.distributed.init_process_group); use vidmem_ext.temporal_momentum in a single process"
@@ -355,6 +390,16 @@ def temporal_momentum(
     if rank < 0:
         raise RuntimeError("group: this process is not a member of the given process group")
     world = dist.get_world_size(group)
+    if bad_arguments is not None:
+        # The other ranks are waiting in the header exchange: tell them, so that every rank raises now
+        # instead of the others hanging until the collective times out.
+        _all_gather(
+            torch.empty(world * _HEADER_SLOTS, dtype=torch.int64, device=_header_device(x_local, group)),
+            _bad_arguments_header().to(_header_device(x_local, group)),
+            group,
+            "header",
+        )
+        raise bad_arguments
 
     x = x_local
     length = x.shape[dim]
@@ -368,12 +413,15 @@ def temporal_momentum(
     plan.lengths = _check_headers(headers.view(world, _HEADER_SLOTS).cpu())
 
     if length > 0:
-        zero_state = x.new_zeros(slice_shape)
-        scanned = _local_temporal_momentum(x, momentum, dim, initial=zero_state)  # z: the block from a zero state
-        end_state = scanned.select(dim, length - 1).to(acc)
-        first_frame = x.select(dim, 0).to(acc)
+        # z: the block from a zero state, in the accumulation dtype (fp16 and bf16 round once, at the end,
+        # as the single-process op does; rounding z first put 20% of the outputs 1 ulp off).
+        x_acc = x.to(acc)
+        zero_state = x_acc.new_zeros(slice_shape)
+        scanned = _local_temporal_momentum(x_acc, momentum, dim, initial=zero_state)
+        end_state = scanned.select(dim, length - 1)
+        first_frame = x_acc.select(dim, 0)
     else:
-        scanned = x
+        scanned = x.to(acc)
         end_state = first_frame = torch.zeros(slice_shape, dtype=acc, device=x.device)
 
     carry = _CarryExchange.apply(end_state, first_frame, m_tensor, initial, x, plan)
@@ -386,7 +434,7 @@ def temporal_momentum(
         weights = torch.pow(m_value, exponents)
     else:
         weights = torch.pow(_lane_shape(m_tensor.to(acc), len(slice_shape)).unsqueeze(dim), exponents)
-    out = torch.addcmul(scanned.to(acc), weights, carry.unsqueeze(dim))
+    out = torch.addcmul(scanned, weights, carry.unsqueeze(dim))
     # Momentum exactly 0 is exact: y = x, even where an earlier rank's carry is not finite (0 * inf = NaN).
     # Only where the formula differs from that (a non-finite carry), so that d/dm stays the formula's;
     # torch.where keeps the carry in the graph, so that backward's collective runs on every rank.
@@ -394,6 +442,5 @@ def temporal_momentum(
         zero_lanes = torch.full((), m_value == 0.0, device=x.device)
     else:
         zero_lanes = _lane_shape(m_tensor.detach(), len(slice_shape)).unsqueeze(dim) == 0
-    local = scanned.to(acc)
-    out = torch.where(zero_lanes & (out.detach() != local.detach()), local, out)
+    out = torch.where(zero_lanes & (out.detach() != scanned.detach()), scanned, out)
     return out.to(x.dtype)
