@@ -106,6 +106,16 @@ def check_float_tensor(value, name: str):
     return value
 
 
+def broadcasts_to(shape, target) -> bool:
+    """Whether a tensor of `shape` broadcasts to `target` without growing it."""
+    import torch
+
+    try:
+        return torch.broadcast_shapes(shape, target) == tuple(target)
+    except RuntimeError:
+        return False
+
+
 def check_same_device(first_name: str, first, **others) -> None:
     """ValueError unless every tensor in `others` (None skipped) is on `first`'s device.
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ._checks import check_float_tensor, check_int, check_momentum
+from ._checks import broadcasts_to, check_float_tensor, check_int, check_momentum
 from .momentum import temporal_momentum
 
 __all__ = ["temporal_momentum_attention", "TemporalMomentumAttnProcessor"]
@@ -99,11 +99,7 @@ def temporal_momentum_attention(
     if isinstance(momentum, torch.Tensor):
         for name, t in (("k", k), ("v", v)):
             per_frame = (batch // num_frames,) + tuple(t.shape[1:])  # (videos, heads, tokens, dim)
-            try:
-                fits = torch.broadcast_shapes(momentum.shape, per_frame) == per_frame
-            except RuntimeError:
-                fits = False
-            if not fits:
+            if not broadcasts_to(momentum.shape, per_frame):
                 raise ValueError(
                     f"momentum of shape {tuple(momentum.shape)} does not broadcast to {name}'s frames: "
                     f"(videos, heads, tokens, dim) = {per_frame}"

@@ -34,11 +34,7 @@ def check_args(x, momentum, dim, initial, x_name: str = "x"):
     if isinstance(momentum, torch.Tensor):
         if momentum.device != x.device:
             raise ValueError(f"momentum is on {momentum.device} but {x_name} is on {x.device}")
-        try:
-            fits = torch.broadcast_shapes(momentum.shape, slice_shape) == slice_shape
-        except RuntimeError:
-            fits = False
-        if not fits:
+        if not _checks.broadcasts_to(momentum.shape, slice_shape):
             raise ValueError(
                 f"momentum of shape {tuple(momentum.shape)} does not broadcast to one frame slice "
                 f"{tuple(slice_shape)} ({x_name} of shape {tuple(x.shape)} without dim {dim})"
