@@ -19,7 +19,9 @@ per call, as the median over repeats of the slowest rank:
 Bytes are measured from the gathered tensors (vidmem_ext.distributed.record_communication
 for ours, the gathered video for the naive way). Before timing, every rank checks its
 block against the single-process op on the whole video (built from a common seed).
-Rank 0 prints a table and writes benchmarks/results/dist_momentum_w<N>_<device>.{json,md}.
+Rank 0 prints a table and writes benchmarks/results/dist_momentum_w<N>_<device>.{json,md}
+(dist_momentum_quick_w<N>_... with --quick). Bad options are usage errors (exit 2) before any
+process group starts.
 """
 
 from __future__ import annotations
@@ -77,20 +79,52 @@ def check_against_single_process(device, dtype, slice_shape, world, rank):
     return err
 
 
+def check_arguments(parser: argparse.ArgumentParser, args) -> None:
+    """Defaults (--quick's where not given) and usage errors (exit 2), before any process group starts."""
+    quick = {"frames": 32, "slice": "1,256,64", "repeats": 5}
+    full = {"frames": 128, "slice": "2,256,64", "repeats": 10}
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if not 1 <= args.frames <= 1 << 20:
+        parser.error(f"--frames must be in [1, {1 << 20}], got {args.frames}")
+    if not 1 <= args.repeats <= 1000:
+        parser.error(f"--repeats must be in [1, 1000], got {args.repeats}")
+    if not 0.0 <= args.momentum <= 1.0:  # also refuses nan
+        parser.error(f"--momentum must be in [0, 1], got {args.momentum}")
+    try:
+        args.slice_shape = tuple(int(s) for s in args.slice.split(","))
+    except ValueError:
+        parser.error(f"--slice must be sizes separated by commas, e.g. 2,256,64, got {args.slice!r}")
+    if not args.slice_shape or min(args.slice_shape) < 1:
+        parser.error(f"--slice sizes must be >= 1, got {args.slice!r}")
+    if args.split is not None:
+        try:
+            args.sizes = [int(s) for s in args.split.split(",")]
+        except ValueError:
+            parser.error(f"--split must be block sizes separated by commas, e.g. 60,0,68, got {args.split!r}")
+        world = int(os.environ.get("WORLD_SIZE", len(args.sizes)))  # torchrun sets it
+        if len(args.sizes) != world or min(args.sizes) < 0 or sum(args.sizes) < 1:
+            parser.error(f"--split needs {world} block sizes >= 0 (one per rank, not all 0), got {args.split!r}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=128, help="frames of the whole video (default 128)")
+    parser.add_argument("--frames", type=int, default=None, help="frames of the whole video (default 128)")
     parser.add_argument("--split", default=None, help="frames per rank, e.g. 60,0,68 (overrides --frames)")
-    parser.add_argument("--slice", default="2,256,64", help="frame-slice shape, e.g. batch,tokens,channels")
+    parser.add_argument(
+        "--slice", default=None, help="frame-slice shape, e.g. batch,tokens,channels (default 2,256,64)"
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--momentum", type=float, default=0.98)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=None, help="default 10")
     parser.add_argument("--backend", choices=["gloo", "nccl"], default=None, help="default: nccl with CUDA, else gloo")
-    parser.add_argument("--quick", action="store_true", help="32 frames, slice 1,256,64, 5 repeats")
+    parser.add_argument(
+        "--quick", action="store_true", help="defaults of 32 frames, slice 1,256,64, 5 repeats; writes *_quick_* files"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only, do not write benchmarks/results")
     args = parser.parse_args()
-    if args.quick:
-        args.frames, args.slice, args.repeats = 32, "1,256,64", 5
+    check_arguments(parser, args)
 
     backend = args.backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
@@ -98,16 +132,14 @@ def main():
     dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-    dtype, slice_shape = DTYPES[args.dtype], tuple(int(s) for s in args.slice.split(","))
+    dtype, slice_shape = DTYPES[args.dtype], args.slice_shape
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the fallback notice; reported in the notes instead
         check_error = check_against_single_process(device, torch.float64, slice_shape[-1:], world, rank)
 
         sizes = block_sizes(args.frames, world)
-        if args.split:
-            sizes = [int(s) for s in args.split.split(",")]
-            if len(sizes) != world or min(sizes) < 0:
-                raise SystemExit(f"--split needs {world} non-negative block sizes, got {args.split}")
+        if args.split is not None:
+            sizes = args.sizes
             args.frames = sum(sizes)
         x = torch.randn(sizes[rank], *slice_shape, device=device, dtype=dtype)
         grad_out = torch.randn_like(x)
@@ -217,7 +249,8 @@ def main():
                 " | ".join(f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns)
             )
         if not args.no_write:
-            paths = write_results(f"dist_momentum_w{world}", device, rows, columns, notes)
+            stem = f"dist_momentum{'_quick' if args.quick else ''}_w{world}"  # --quick never replaces the record
+            paths = write_results(stem, device, rows, columns, notes)
             print("wrote", *paths)
     dist.destroy_process_group()
 
