@@ -41,20 +41,24 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
 CPU=0 OUT=gpu_check_out WHEELS="" BUILD=1 DEADLINE=""
+usage_error() { echo "gpu_check.sh: $* (see --help)" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) CPU=1 ;;
-    --out) OUT="$2"; shift ;;
-    --wheels) WHEELS="$2"; shift ;;
+    --out|--wheels|--deadline)
+      [ $# -ge 2 ] && [ -n "$2" ] || usage_error "$1 needs a value"
+      case "$1" in --out) OUT="$2" ;; --wheels) WHEELS="$2" ;; --deadline) DEADLINE="$2" ;; esac
+      shift ;;
     --no-build) BUILD=0 ;;
-    --deadline) DEADLINE="$2"; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
-    *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,/^set -uo pipefail/p' "$0" | sed '$d'; exit 0 ;;
+    *) usage_error "unknown argument $1" ;;
   esac
   shift
 done
-mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"  # relative to where the script was started
-[ -n "$WHEELS" ] && WHEELS="$(cd "$WHEELS" && pwd)"
+# Every option checked before any stage runs (each stage would otherwise fail on its own).
+if [ -n "$DEADLINE" ] && ! [[ "$DEADLINE" =~ ^[0-9]+$ ]]; then usage_error "--deadline must be whole seconds, got $DEADLINE"; fi
+if [ -n "$WHEELS" ]; then WHEELS="$(cd "$WHEELS" 2>/dev/null && pwd)" || usage_error "--wheels: no such folder"; fi
+mkdir -p "$OUT" 2>/dev/null && OUT="$(cd "$OUT" && pwd)" || usage_error "--out $OUT: cannot make that folder"
 cd "$ROOT"
 rm -f "$OUT"/{check.log,tests.log,sanitizer.log,bench.json,bench.md,bench.png,bench_peers.json,bench_launch_bounds.json,summary.txt}
 PY="${PYTHON:-$(command -v python || command -v python3 || echo python)}"

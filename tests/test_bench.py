@@ -279,3 +279,27 @@ def test_profile_report_reads_ncu_csv(tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("==PROF== No kernels were profiled.\n")
     assert subprocess.run([sys.executable, profile_driver.__file__, "--report", str(empty)]).returncode == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--out"], "--out needs a value"),
+        (["--deadline", "abc"], "--deadline must be whole seconds"),
+        (["--out", "{file}"], "cannot make that folder"),
+        (["--wheels", "{missing}"], "--wheels: no such folder"),
+        (["--bogus"], "unknown argument --bogus"),
+    ],
+)
+def test_gpu_check_options_are_usage_errors(argv, message, tmp_path):
+    # Checked before any stage runs (PYTHON=/bin/true would make every stage a no-op if one started).
+    file = tmp_path / "file"
+    file.write_text("x")
+    argv = [a.format(file=file, missing=tmp_path / "missing") for a in argv]
+    script = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
+    env = {**os.environ, "PYTHON": "/bin/true"}
+    result = subprocess.run(
+        ["bash", script, "--cpu", *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no gpu_check_out, no logs
