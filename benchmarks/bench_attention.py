@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small shapes and few repeats (a smoke run)")
     parser.add_argument("--device", choices=["cpu", "cuda"], action="append", help="default: cpu, and cuda if present")
     args = parser.parse_args(argv)
+    if "cuda" in (args.device or ()) and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU available")
     for name in args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else [])):
         device = torch.device(name)
         rows = [row for _, thunk in attention.cases(device, quick=args.quick) for row in thunk()]

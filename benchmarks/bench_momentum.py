@@ -33,7 +33,11 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    if args.threads:
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU available")
+    if args.threads is not None:
+        if not 1 <= args.threads <= 1024:
+            parser.error(f"--threads must be in [1, 1024], got {args.threads}")
         torch.set_num_threads(args.threads)
     with allocation_mode("mapped") as mapped:
         pass  # stays in effect (see allocation_mode)

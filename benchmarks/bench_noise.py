@@ -41,7 +41,7 @@ def run(device: torch.device, quick: bool) -> list[dict]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="tiny shape, fewer repeats (a smoke run)")
     args = parser.parse_args(argv)

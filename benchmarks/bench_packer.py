@@ -27,6 +27,9 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--embed-dim", type=int, default=3072)
     args = parser.parse_args(argv)
+    for flag, value in (("--batch", args.batch), ("--embed-dim", args.embed_dim)):
+        if not 1 <= value <= 1 << 16:
+            parser.error(f"{flag} must be in [1, {1 << 16}], got {value}")
     devices = []
     if args.device in ("cpu", "all"):
         devices.append((torch.device("cpu"), [torch.float32]))

@@ -39,6 +39,9 @@ def problems() -> list[str]:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help; no options
     issues = problems()
     for issue in issues:
         print(f"FAIL: {issue}", file=sys.stderr)

@@ -123,6 +123,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ncu-args", action="store_true", help="print ncu's kernel filter and metrics, one per line")
     args = parser.parse_args(argv)
     if args.report:
+        if not os.path.isfile(args.report):
+            parser.error(f"--report {args.report}: no such file (ncu's CSV)")
         return report(args.report)
     if args.ncu_args:
         print(f"--kernel-name\n{KERNELS}\n--metrics\n{','.join(name for name, _ in METRICS)}")
