@@ -96,14 +96,28 @@ def median_rows(runs: list[list[dict]]) -> list[dict]:
     def key(row):
         return tuple(row.get(k) for k in ("op", "case", "size", "dtype", "impl", "mode"))
 
+    def number(value) -> bool:
+        return isinstance(value, float) and value == value  # NaN would make the median depend on the order
+
     merged = []
     for row in runs[0]:
         same = [r for rows in runs for r in rows if key(r) == key(row)]
+        # A run whose result was wrong (or failed) is not outvoted by the others: the row says so.
+        wrong = [r for r in same if str(r.get("note", "")).startswith(("skipped: result differs", "skipped: gradient"))]
+        wrong += [r for r in same if str(r.get("note", "")).startswith("failed")]
+        if wrong:
+            merged.append({**wrong[0], "note": f"{wrong[0]['note']} (in {len(wrong)} of {len(runs)} runs)"})
+            continue
         out = dict(row)
         for name, value in row.items():
             if isinstance(value, float):
-                values = [r[name] for r in same if isinstance(r.get(name), float)]
-                out[name] = statistics.median(values)
+                values = [r[name] for r in same if number(r.get(name))]
+                out[name] = statistics.median(values) if values else None
+        # bandwidth from the merged ratio (the median of 1/x is not 1/median(x) for an even count)
+        if number(row.get("x_clone")) and number(row.get("of_clone_bw")) and out.get("x_clone"):
+            out["of_clone_bw"] = row["of_clone_bw"] * row["x_clone"] / out["x_clone"]
+        if len(runs) > 1 and out.get("note") and any(c.isdigit() for c in str(out["note"])):
+            out["note"] = f"{out['note']} (note of the first run)"
         merged.append(out)
     return merged
 

@@ -180,7 +180,8 @@ def measure(layout: Layout, dtype: torch.dtype, device: torch.device, *, quick: 
     repeats = 3 if quick else (20 if not cpu else 7)
     clone = lambda: x.clone()  # noqa: E731
     t_clone = None if cpu else median_time(clone, device, repeats=repeats)
-    mapped_note = "memory stays mapped" if numel * elsize <= MAPPED_LIMIT_BYTES else "over 32 MB: mapped fresh"
+    # glibc maps a request of the threshold less its chunk header fresh as well: keep a margin
+    mapped_note = "memory stays mapped" if numel * elsize < MAPPED_LIMIT_BYTES - 4096 else "over 32 MiB: mapped fresh"
 
     def add(impl, mode, seconds=None, ratio=None, note="", fresh_ratio=None):
         moved = (2 if mode == "fwd" else 4) * numel * elsize
@@ -210,6 +211,12 @@ def measure(layout: Layout, dtype: torch.dtype, device: torch.device, *, quick: 
 
     expected = reference.temporal_momentum_loop(x, MOMENTUM, dim)
     tol = TOLERANCE[dtype]
+    expected_grad = None  # the loop reference's dx, computed once, when an implementation's forward passes
+
+    def close(got, want):
+        scale = max(1.0, want.float().abs().max().item()) if want.numel() else 1.0
+        return torch.allclose(got.float(), want.float(), rtol=tol, atol=tol * scale)
+
     impls = [("vidmem_ext", lambda t: _op(t, dim))]
     impls.append(("loop", lambda t: reference.temporal_momentum_loop(t, MOMENTUM, dim)))
     if frames * frames * lanes <= (2e13 if not cpu else 2e9):
@@ -236,12 +243,16 @@ def measure(layout: Layout, dtype: torch.dtype, device: torch.device, *, quick: 
         if not torch.allclose(got.float(), expected.float(), rtol=tol, atol=tol):
             add(impl, "fwd", note="skipped: result differs from the loop reference")  # never time a wrong result
             continue
+        if expected_grad is None:
+            expected_grad = torch.autograd.grad(reference.temporal_momentum_loop(xg, MOMENTUM, dim), xg, grad_y)[0]
         # The references take thousands of launches (GPU) or seconds (CPU) on long sequences: fewer runs.
         n = repeats if impl in ("vidmem_ext", "compiled loop") else min(repeats, 5)
-        for mode, run in (
-            ("fwd", lambda fn=fn: fn(x)),
-            ("fwd+bwd", lambda fn=fn: torch.autograd.grad(fn(xg), xg, grad_y)),
-        ):
+        modes = [("fwd", lambda fn=fn: fn(x))]
+        if close(torch.autograd.grad(fn(xg), xg, grad_y)[0], expected_grad):
+            modes.append(("fwd+bwd", lambda fn=fn: torch.autograd.grad(fn(xg), xg, grad_y)))
+        else:
+            add(impl, "fwd+bwd", note="skipped: gradient differs from the loop reference's")
+        for mode, run in modes:
             seconds, ratio = timed(run, n)
             fresh = None
             if cpu and impl == "vidmem_ext":
@@ -252,20 +263,33 @@ def measure(layout: Layout, dtype: torch.dtype, device: torch.device, *, quick: 
             m = torch.full(x.shape[:dim] + x.shape[dim + 1 :], MOMENTUM, device=device, dtype=dtype)
             m.requires_grad_()
             run = lambda m=m: torch.autograd.grad(_op(xg, dim, m), (xg, m), grad_y)  # noqa: E731
-            seconds, ratio = timed(run)
-            add(impl, "fwd+bwd m tensor", seconds, ratio, note="momentum tensor requiring grad")
+            m_ref = m.detach().float().requires_grad_()
+            want = torch.autograd.grad(
+                reference.temporal_momentum_loop(xg.float(), m_ref, dim), (m_ref,), grad_y.float()
+            )
+            got_dx, got_dm = run()
+            if close(got_dx, expected_grad) and close(got_dm, want[0]):
+                seconds, ratio = timed(run)
+                add(impl, "fwd+bwd m tensor", seconds, ratio, note="momentum tensor requiring grad")
+            else:
+                add(impl, "fwd+bwd m tensor", note="skipped: gradient differs from the loop reference's")
 
     def time_peer(name, peer):
         args, back = _peer_inputs(name, x, dim)
         out = back(_call_peer(name, peer, args))
         want = expected.movedim(dim, -1).reshape(1, -1, frames).float()
-        ok = torch.allclose(out.float(), want, rtol=tol * 10, atol=tol * 10)
-        note = "gates and tokens prepared outside the timing" + ("" if ok else "; RESULT DIFFERS")
+        if not torch.allclose(out.float(), want, rtol=tol * 10, atol=tol * 10):
+            add(name, "fwd", note="skipped: result differs from the loop reference")  # never time a wrong result
+            return
+        note = "gates and tokens prepared outside the timing"
         add(name, "fwd", *timed(lambda: _call_peer(name, peer, args)), note=note)
-        leaves = [a.detach().requires_grad_() for a in args]
-        grad_out = torch.randn_like(_call_peer(name, peer, leaves))
-        add(name, "fwd+bwd", *timed(lambda: torch.autograd.grad(_call_peer(name, peer, leaves), leaves, grad_out)),
-            note=note)  # fmt: skip
+        try:
+            leaves = [a.detach().requires_grad_() for a in args]
+            grad_out = torch.randn_like(_call_peer(name, peer, leaves))
+            add(name, "fwd+bwd", *timed(lambda: torch.autograd.grad(_call_peer(name, peer, leaves), leaves, grad_out)),
+                note=note)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - reported on the fwd+bwd row, the fwd row stands
+            add(name, "fwd+bwd", note=f"skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
 
     for name, peer in peers.items():
         if isinstance(peer, str):
@@ -304,33 +328,42 @@ def cases(device: torch.device, *, quick: bool, dtypes=None, compile_loop: bool 
 def goals(rows: list[dict], device: torch.device) -> list[str]:
     """The performance goals (issues 13 and 16) as lines: each with its measured ratio and met / NOT met."""
     lines = []
+    cpu_targets = {"float32": 1.15, "bfloat16": 1.3, "float16": 1.3}  # issue 13 sets none for float64
     for r in rows:
-        if r["op"] != "momentum" or r["impl"] != "vidmem_ext" or r["x_clone"] is None:
+        if r["op"] == "momentum" and r["impl"] == "-":  # a whole case the --budget skipped: its goals unmeasured
+            lines.append(f"{r['case']}: not measured ({r['note']}) NOT met")
+            continue
+        if r["op"] != "momentum" or r["impl"] != "vidmem_ext":
             continue
         if device.type == "cuda" and r["mode"] in ("fwd", "fwd+bwd"):
-            target = 0.85 if r["mode"] == "fwd" else 0.70
-            ok = r["of_clone_bw"] >= target
-            lines.append(f"momentum {r['mode']} {r['case']} {r['dtype']}: {r['of_clone_bw']:.2f} of clone bandwidth "
-                         f"(goal >= {target}) {'met' if ok else 'NOT met'}")  # fmt: skip
-        elif device.type == "cpu" and r["mode"] == "fwd":
-            target = 1.15 if r["dtype"] == "float32" else 1.3
-            ok = r["x_clone"] <= target
-            lines.append(f"momentum fwd {r['case']} {r['dtype']}: {r['x_clone']:.2f}x clone time "
-                         f"(goal <= {target}) {'met' if ok else 'NOT met'}")  # fmt: skip
+            target, figure, what = (0.85 if r["mode"] == "fwd" else 0.70), r["of_clone_bw"], " of clone bandwidth"
+            goal = f"goal >= {target}"
+        elif device.type == "cpu" and r["mode"] == "fwd" and r["dtype"] in cpu_targets:
+            target, figure, what = cpu_targets[r["dtype"]], r["x_clone"], "x clone time"
+            goal = f"goal <= {target}"
         elif device.type == "cpu" and r["mode"] == "fwd+bwd" and r["dtype"] == "float32":
-            ok = r["x_clone"] <= 2.6
-            lines.append(f"momentum fwd+bwd {r['case']} float32: {r['x_clone']:.2f}x clone time (goal <= 2.6) "
-                         f"{'met' if ok else 'NOT met'}")  # fmt: skip
-    # faster than the peers and the compiled loop, each on its own layout
+            target, figure, what, goal = 2.6, r["x_clone"], "x clone time", "goal <= 2.6"
+        else:
+            continue
+        head = f"momentum {r['mode']} {r['case']} {r['dtype']}"
+        if figure is None:  # skipped or failed: the goal is not met, and the line says why
+            lines.append(f"{head}: not measured ({r['note'] or 'no figure'}) ({goal}) NOT met")
+            continue
+        ok = figure >= target if goal.startswith("goal >=") else figure <= target
+        lines.append(f"{head}: {figure:.3f}{what} ({goal}) {'met' if ok else 'NOT met'}")
+    # Faster than the peers and the compiled loop, each on its own layout: on the CPU by the ratios to
+    # clone time measured in each one's own alternating blocks (absolute times come minutes apart on a
+    # shared machine), on CUDA by the event-timed medians.
+    figure_of = "x_clone" if device.type == "cpu" else "median_ms"
     best = {}
     for r in rows:
-        if r["op"] == "momentum" and r["median_ms"] is not None:
-            best.setdefault((r["case"], r["dtype"], r["mode"]), {})[r["impl"]] = r["median_ms"]
+        if r["op"] == "momentum" and r.get(figure_of) is not None:
+            best.setdefault((r["case"], r["dtype"], r["mode"]), {})[r["impl"]] = r[figure_of]
     for (case, dtype, mode), times in best.items():
         ours = times.get("vidmem_ext")
         for other in ("compiled loop", *[k for k in times if k.startswith(("accelerated-scan", "fla"))]):
             if ours is not None and other in times:
                 ok = ours <= times[other]
-                lines.append(f"momentum {mode} {case} {dtype}: {times[other] / ours:.2f}x faster than {other} "
+                lines.append(f"momentum {mode} {case} {dtype}: {times[other] / ours:.3f}x faster than {other} "
                              f"{'met' if ok else 'NOT met'}")  # fmt: skip
     return lines

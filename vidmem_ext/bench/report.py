@@ -86,12 +86,17 @@ def plot(meta: dict, rows: list[dict], path: str) -> bool:
     return True
 
 
+def _json_rows(rows: list[dict]) -> list[dict]:
+    """Rows with NaN and infinities as null: strict JSON has no such numbers."""
+    return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
+
+
 def write(out_dir: str, meta: dict, rows: list[dict], goals: list[str], stem: str = "bench") -> list[str]:
     """Write <stem>.json, <stem>.md and <stem>.png (when there is something to plot) under out_dir."""
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.md")]
     with open(paths[0], "w") as f:
-        json.dump({**meta, "goals": goals, "rows": rows}, f, indent=1)
+        json.dump({**meta, "goals": goals, "rows": _json_rows(rows)}, f, indent=1, allow_nan=False)
     with open(paths[1], "w") as f:
         f.write(markdown(meta, rows, goals))
     png = os.path.join(out_dir, f"{stem}.png")
@@ -108,7 +113,7 @@ def write_results(results_dir: str, name: str, device_label: str, device_type: s
     meta = {"benchmark": name, "device": device_label, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     stem = os.path.join(results_dir, f"{name}_{device_type}")
     with open(stem + ".json", "w") as f:
-        json.dump({**meta, "rows": rows}, f, indent=1)
+        json.dump({**meta, "rows": _json_rows(rows)}, f, indent=1, allow_nan=False)
     lines = [f"# {name} on {meta['device']}", "", f"torch {meta['torch']}, {meta['date']}. {notes}".rstrip(), ""]
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "---|" * len(columns))
