@@ -120,11 +120,19 @@ def test_emulated_cuda_kernels_match_reference(emu, shape, dim, layout, sms, fwd
         if initial is not None:
             assert_close(gi, grads_ref[-1], 2 * TOL[dtype])
 
-        # Threads resume in a different order every run: results must not depend on it.
-        y2, _ = emu.forward(x, m_tensor, m_value, dim, initial, sms)
-        gx2, gm2, gi2, _ = emu.backward(grad_y, x, y, m_tensor, m_value, dim, initial, m_tensor is not None, sms)
-        for a, b in ((y, y2), (gx, gx2), (gm, gm2), (gi, gi2)):
-            assert torch.equal(a, b)
+        # Threads resume in a different order every run, and blocks run reversed or shuffled here:
+        # results must not depend on either.
+        for order in (cuda_emulation.REVERSED, cuda_emulation.SHUFFLED):
+            emu.configure(block_order=order)
+            try:
+                y2, _ = emu.forward(x, m_tensor, m_value, dim, initial, sms)
+                gx2, gm2, gi2, _ = emu.backward(
+                    grad_y, x, y, m_tensor, m_value, dim, initial, m_tensor is not None, sms
+                )
+            finally:
+                emu.configure()  # the defaults again
+            for a, b in ((y, y2), (gx, gx2), (gm, gm2), (gi, gi2)):
+                assert torch.equal(a, b)
 
 
 def test_emulated_misaligned_vector_access_is_caught_by_the_plan(emu):
