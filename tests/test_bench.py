@@ -240,9 +240,10 @@ def test_rows_skipped_by_the_budget_do_not_break_the_goals():
                                 compile_loop=False, impls={"vidmem_ext"})  # fmt: skip
     assert rows and all(r["median_ms"] is None and "past the --budget" in r["note"] for r in rows)
     assert all(r["dtype"] == "-" for r in rows)
-    # the momentum cases' goals are reported as not measured, never as met
+    # the cases' goals are reported as not measured, never as met: each momentum case, and the noise goal shape
     momentum_rows = [r for r in rows if r["op"] == "momentum"]
-    assert len(goals) == len(momentum_rows) and all("not measured" in g and g.endswith("NOT met") for g in goals)
+    assert len(goals) == len(momentum_rows) + 1 and all("not measured" in g and g.endswith("NOT met") for g in goals)
+    assert any(g.startswith("noise 2x16x4x64x64 float32") for g in goals)
 
 
 def test_only_the_peers_asked_for_are_imported(monkeypatch):
@@ -363,3 +364,19 @@ def test_a_wrong_gradient_is_never_timed(tiny, monkeypatch):
     assert by_mode["fwd"]["median_ms"] is not None
     for mode in ("fwd+bwd", "fwd+bwd m tensor"):
         assert by_mode[mode]["median_ms"] is None and "gradient differs" in by_mode[mode]["note"]
+
+
+def test_noise_goals_say_when_they_were_not_measured():
+    def row(impl, ms, x_randn=None):
+        return {"op": "noise", "case": "2x16x4x64x64", "dtype": "float32", "impl": impl, "median_ms": ms,
+                "x_randn": x_randn, "note": ""}  # fmt: skip
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert noise.goals([row("vidmem_ext", 1.0), row("eager", 20.0)], cpu) == [
+        "noise 2x16x4x64x64: eager / fused 20.0x (goal >= 10) met"
+    ]
+    assert noise.goals([row("vidmem_ext", None), row("eager", 20.0)], cpu) == [
+        "noise 2x16x4x64x64: eager / fused not measured (goal >= 10) NOT met"
+    ]
+    lines = noise.goals([row("vidmem_ext", None)], cuda)
+    assert len(lines) == 2 and all("not measured" in line and line.endswith("NOT met") for line in lines)

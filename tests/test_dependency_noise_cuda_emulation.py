@@ -39,10 +39,11 @@ def emu():
 
 
 def make_out(shape, frame_dim, dtype, layout):
-    """An uninitialised out of `shape`; "permuted": a non-contiguous view (its axes stored in reverse)."""
+    """An out of `shape` full of NaN (an element never written shows); "permuted": a non-contiguous view (its
+    axes stored in reverse)."""
     if layout == "contiguous":
-        return torch.empty(shape, dtype=dtype)
-    return torch.empty(shape[::-1], dtype=dtype).permute(*reversed(range(len(shape))))
+        return torch.full(shape, float("nan"), dtype=dtype)
+    return torch.full(shape[::-1], float("nan"), dtype=dtype).permute(*reversed(range(len(shape))))
 
 
 def assert_same_noise(got, want, dtype, frame_dim):
