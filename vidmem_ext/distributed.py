@@ -393,12 +393,9 @@ def temporal_momentum(
     if bad_arguments is not None:
         # The other ranks are waiting in the header exchange: tell them, so that every rank raises now
         # instead of the others hanging until the collective times out.
-        _all_gather(
-            torch.empty(world * _HEADER_SLOTS, dtype=torch.int64, device=_header_device(x_local, group)),
-            _bad_arguments_header().to(_header_device(x_local, group)),
-            group,
-            "header",
-        )
+        device = _header_device(x_local, group)
+        headers = torch.empty(world * _HEADER_SLOTS, dtype=torch.int64, device=device)
+        _all_gather(headers, _bad_arguments_header().to(device), group, "header")
         raise bad_arguments
 
     x = x_local

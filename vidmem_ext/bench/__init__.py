@@ -103,8 +103,8 @@ def median_rows(runs: list[list[dict]]) -> list[dict]:
     for row in runs[0]:
         same = [r for rows in runs for r in rows if key(r) == key(row)]
         # A run whose result was wrong (or failed) is not outvoted by the others: the row says so.
-        wrong = [r for r in same if str(r.get("note", "")).startswith(("skipped: result differs", "skipped: gradient"))]
-        wrong += [r for r in same if str(r.get("note", "")).startswith("failed")]
+        wrong_notes = ("skipped: result differs", "skipped: gradient", "failed")
+        wrong = [r for r in same if str(r.get("note", "")).startswith(wrong_notes)]
         if wrong:
             merged.append({**wrong[0], "note": f"{wrong[0]['note']} (in {len(wrong)} of {len(runs)} runs)"})
             continue
