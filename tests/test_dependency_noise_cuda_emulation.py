@@ -166,6 +166,32 @@ def test_emulator_reports_a_divergent_barrier_and_goes_on(emu):
     assert emu.probe_launch("count", 2, 1, 1, 32) == ("no error", 64)  # the next launch runs normally
 
 
+def test_emulator_reports_threads_at_different_barriers(emu):
+    emu.configure()
+    status, threads = emu.probe_launch("divergent_lines", 1, 1, 1, 64)
+    assert "divergent barrier" in status and "__syncthreads" in status
+    assert threads == 0  # the launch ended at the barrier
+    assert emu.probe_launch("count", 1, 1, 1, 32) == ("no error", 32)
+
+
+def test_emulator_starts_every_block_with_poisoned_shared_memory(emu):
+    emu.configure(block_order=cuda_emulation.SHUFFLED)
+    try:
+        # Each block writes its shared word; the next block must find 0xFF bytes again.
+        assert emu.probe_launch("shared_unwritten", 5, 1, 1, 32) == ("no error", 5)
+    finally:
+        emu.configure()
+
+
+def test_emulator_runs_warps_out_of_lockstep(emu):
+    # A write after a warp shuffle overtakes another warp's read that no __syncthreads protects:
+    # the emulator must let one warp run ahead, or such missing barriers pass unseen.
+    emu.configure()
+    status, stale_reads = emu.probe_launch("missing_barrier", 3, 1, 1, 64)
+    assert status == "no error"
+    assert stale_reads > 0
+
+
 def test_emulator_shuffles_move_64_bits_exactly(emu):
     values = torch.arange(32, dtype=torch.int64) + (2**53 + 1)  # not representable as double
     values[::3] = -values[::3] * 977

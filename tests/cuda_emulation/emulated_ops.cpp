@@ -135,7 +135,41 @@ __global__ void divergent_barrier_kernel(unsigned int* count) {
   atomicAdd(count, 1u);
 }
 
-// Returns (the launch's status text, threads that ran).
+__global__ void divergent_lines_kernel(unsigned int* count) {
+  // Every thread reaches a __syncthreads, but not the same one: undefined on a GPU.
+  if (threadIdx.x < 16) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+  atomicAdd(count, 1u);
+}
+
+// Counts the blocks whose thread 0 finds its shared word still 0xFF bytes (then writes it).
+__global__ void shared_unwritten_kernel(unsigned int* count) {
+  __shared__ unsigned int word;
+  if (threadIdx.x == 0) {
+    if (word == 0xFFFFFFFFu) atomicAdd(count, 1u);
+    word = 7;
+  }
+}
+
+// Two warps publish a round number each, read the other's, and go on to the next round without
+// the __syncthreads that must keep the next write from overtaking the other warp's read. Counts
+// the reads that saw another round: 0 only if the warps move in lockstep.
+__global__ void missing_barrier_kernel(unsigned int* count) {
+  __shared__ unsigned int published[2];
+  const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (unsigned round = 0; round < 4; ++round) {
+    const unsigned value = __shfl_xor_sync(0xffffffffu, round, 1);  // a warp-wide step before the write
+    if (lane == 0) published[warp] = value;
+    __syncthreads();
+    if (published[1 - warp] != round) atomicAdd(count, 1u);
+  }
+}
+
+// Returns (the launch's status text, threads that ran; for shared_unwritten: blocks that found
+// their shared word unwritten; for missing_barrier: reads of another round).
 std::tuple<std::string, int64_t> probe_launch(const std::string& kernel, unsigned grid_x, unsigned grid_y,
                                               unsigned grid_z, unsigned block) {
   unsigned int count = 0;
@@ -145,6 +179,14 @@ std::tuple<std::string, int64_t> probe_launch(const std::string& kernel, unsigne
   } else if (kernel == "divergent_barrier") {
     status =
         vidmem::launch_kernel(divergent_barrier_kernel, dim3(grid_x, grid_y, grid_z), dim3(block), nullptr, &count);
+  } else if (kernel == "divergent_lines") {
+    status = vidmem::launch_kernel(divergent_lines_kernel, dim3(grid_x, grid_y, grid_z), dim3(block), nullptr, &count);
+  } else if (kernel == "shared_unwritten") {
+    status =
+        vidmem::launch_kernel(shared_unwritten_kernel, dim3(grid_x, grid_y, grid_z), dim3(block), nullptr, &count);
+  } else if (kernel == "missing_barrier") {
+    TORCH_CHECK_VALUE(block == 64, "missing_barrier runs two warps: block 64");
+    status = vidmem::launch_kernel(missing_barrier_kernel, dim3(grid_x, grid_y, grid_z), dim3(block), nullptr, &count);
   } else {
     TORCH_CHECK_VALUE(false, "unknown probe kernel ", kernel);
   }

@@ -1,16 +1,20 @@
 // A small CUDA execution emulator for tests: runs the project's CUDA kernels, unchanged, on the
-// CPU (see ../README.md). A block's threads are cooperative fibers (ucontext) on one OS thread;
-// __syncthreads and warp shuffles are barriers between them, and every barrier pass runs the
-// waiting threads in a fresh pseudo-random order, so code that reads shared memory without the
-// barrier it needs tends to fail. Blocks run one after another, in the order the device setting
-// asks for (in order, reversed, shuffled), so code that assumes an order of blocks tends to fail.
-// A launch over the GPU's limits fails as on a GPU (cudaErrorInvalidConfiguration); a misaligned
-// 16-byte access, a divergent barrier or a deadlock ends the launch with cudaErrorLaunchFailure
-// and a message (cudaGetErrorString), and the process goes on.
+// CPU (see ../README.md). A block's threads are cooperative fibers (ucontext) on one OS thread.
+// Warps run one at a time, in a fresh pseudo-random order after every __syncthreads, each as far
+// as it gets before the next starts (its warp shuffles release it at once), and its threads run in
+// a fresh pseudo-random order at every barrier. So a warp runs a whole stretch between block
+// barriers ahead of, or behind, the others, and code that reads shared memory without the barrier
+// it needs tends to fail. Every barrier must be the same one (the same source line) in all the
+// threads it waits for. Shared memory starts every block as 0xFF bytes. Blocks run one after
+// another, in the order the device setting asks for (in order, reversed, shuffled), so code that
+// assumes an order of blocks tends to fail. A launch over the GPU's limits fails as on a GPU
+// (cudaErrorInvalidConfiguration); a misaligned 16-byte access, a divergent barrier or a deadlock
+// ends the launch with cudaErrorLaunchFailure and a message (cudaGetErrorString), and the process
+// goes on.
 //
 // This is not CUDA: no memory model, no timing, no occupancy. It checks index math, scan
-// algebra, tile and chunk bookkeeping, barrier placement, block-order independence and vector
-// alignment.
+// algebra, tile and chunk bookkeeping, barrier placement, block-order independence, reads of
+// shared memory before it is written and vector alignment.
 #pragma once
 
 #include <ucontext.h>
@@ -32,7 +36,11 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __shared__ static  // one block runs at a time, so a static is that block's shared memory
+// One block runs at a time, so a static is that block's shared memory. All of them sit in one
+// section, which the emulator fills with 0xFF bytes before each block (the linker names its ends).
+#define __shared__ static __attribute__((section("cuda_emulation_shared")))
+extern "C" char __start_cuda_emulation_shared[] __attribute__((weak));
+extern "C" char __stop_cuda_emulation_shared[] __attribute__((weak));
 
 struct uint3 {
   unsigned x, y, z;
@@ -61,17 +69,9 @@ class Grid {
   dim3 block_dim() const { return block_dim_; }
   dim3 grid_dim() const { return grid_dim_; }
 
-  void sync_block() {
-    pool_[current_].status = kAtBlockBarrier;
-    ++at_block_barrier_;
-    yield();
-  }
-
-  void sync_warp() {
-    pool_[current_].status = kAtWarpBarrier;
-    ++at_warp_barrier_[current_ / 32];
-    yield();
-  }
+  // Barriers of the block and of the current thread's warp, at a source line.
+  void sync_block(const char* file, int line) { wait_at(kAtBlockBarrier, file, line); }
+  void sync_warp(const char* file, int line) { wait_at(kAtWarpBarrier, file, line); }
 
   uint64_t& shuffle_slot(unsigned thread) { return shuffle_slots_[thread]; }
 
@@ -112,7 +112,6 @@ class Grid {
     if (pool_.size() < threads) pool_.resize(threads);
     at_warp_barrier_.assign(threads / 32, 0);
     shuffle_slots_.assign(threads, 0);
-    std::vector<unsigned> order(threads);
     std::vector<uint64_t> blocks(static_cast<size_t>(grid.x) * grid.y * grid.z);
     for (size_t i = 0; i < blocks.size(); ++i) blocks[i] = i;
     if (device().block_order == BlockOrder::kReversed) {
@@ -123,7 +122,7 @@ class Grid {
     for (const uint64_t linear : blocks) {
       block_index_ = dim3(static_cast<unsigned>(linear % grid.x), static_cast<unsigned>(linear / grid.x % grid.y),
                           static_cast<unsigned>(linear / grid.x / grid.y));
-      if (!run_block(order)) break;
+      if (!run_block()) break;
     }
     body_ = nullptr;
     if (!error_.empty()) return refuse(cudaErrorLaunchFailure, error_);
@@ -136,8 +135,23 @@ class Grid {
     ucontext_t context;
     std::unique_ptr<char[]> stack;
     Status status = kDone;
+    const char* file = "";  // the barrier it waits at
+    int line = 0;
   };
   static constexpr size_t kStackBytes = 256 * 1024;
+
+  void wait_at(Status barrier, const char* file, int line) {
+    Thread& th = pool_[current_];
+    th.status = barrier;
+    th.file = file;
+    th.line = line;
+    if (barrier == kAtBlockBarrier) {
+      ++at_block_barrier_;
+    } else {
+      ++at_warp_barrier_[current_ / 32];
+    }
+    yield();
+  }
 
   static cudaError_t refuse(cudaError_t error, const std::string& what) {
     device().last_message = "cuda emulation: " + what;
@@ -145,37 +159,56 @@ class Grid {
   }
 
   // One block; false when the launch failed.
-  bool run_block(std::vector<unsigned>& order) {
+  bool run_block() {
+    if (__start_cuda_emulation_shared != nullptr) {
+      std::memset(__start_cuda_emulation_shared, 0xFF, __stop_cuda_emulation_shared - __start_cuda_emulation_shared);
+    }
     for (unsigned t = 0; t < threads_; ++t) start(t);
     at_block_barrier_ = 0;
+    std::vector<unsigned> warps(threads_ / 32), lanes(32);
     unsigned done = 0;
     while (done < threads_) {
       bool ran = false;
-      shuffle(order);
-      for (unsigned t : order) {
-        if (pool_[t].status != kReady) continue;
-        current_ = t;
-        swapcontext(&scheduler_, &pool_[t].context);
-        if (!error_.empty()) return false;
-        ran = true;
-        if (pool_[t].status == kDone) ++done;
-      }
-      if (done == threads_) break;
-      bool released = false;
-      if (at_block_barrier_ == threads_) {
-        for (unsigned t = 0; t < threads_; ++t) pool_[t].status = kReady;
-        at_block_barrier_ = 0;
-        released = true;
-      }
-      for (unsigned w = 0; w < threads_ / 32; ++w) {
-        if (at_warp_barrier_[w] == 32) {
+      shuffle(warps);
+      for (const unsigned w : warps) {
+        // Warp w as far as it gets: until its threads wait at a __syncthreads or are done.
+        for (;;) {
+          shuffle(lanes);
+          for (const unsigned lane : lanes) {
+            const unsigned t = w * 32 + lane;
+            if (pool_[t].status != kReady) continue;
+            current_ = t;
+            swapcontext(&scheduler_, &pool_[t].context);
+            if (!error_.empty()) return false;
+            ran = true;
+            if (pool_[t].status == kDone) ++done;
+          }
+          if (at_warp_barrier_[w] < 32) break;
+          if (!same_barrier(w * 32, w * 32 + 32, "shuffle")) return false;
           for (unsigned t = w * 32; t < w * 32 + 32; ++t) pool_[t].status = kReady;
           at_warp_barrier_[w] = 0;
-          released = true;
         }
       }
-      if (!ran && !released) {
+      if (done == threads_) break;
+      if (at_block_barrier_ == threads_) {
+        if (!same_barrier(0, threads_, "__syncthreads")) return false;
+        for (unsigned t = 0; t < threads_; ++t) pool_[t].status = kReady;
+        at_block_barrier_ = 0;
+      } else if (!ran) {
         error_ = "deadlock: threads wait at a __syncthreads or shuffle that not all threads of the block reach";
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // Whether threads [begin, end), all waiting at a barrier, wait at the same one; else the error.
+  bool same_barrier(unsigned begin, unsigned end, const char* what) {
+    for (unsigned t = begin + 1; t < end; ++t) {
+      if (pool_[t].line != pool_[begin].line || std::strcmp(pool_[t].file, pool_[begin].file) != 0) {
+        error_ = std::string("divergent barrier: threads wait at different ") + what + " calls (" + pool_[begin].file +
+                 ":" + std::to_string(pool_[begin].line) + " and " + pool_[t].file + ":" + std::to_string(pool_[t].line) +
+                 ")";
         return false;
       }
     }
@@ -247,20 +280,20 @@ inline dim3 grid_dim() { return Grid::instance().grid_dim(); }
 // Lane `src` of this warp's value (own value when src < 0), as a warp shuffle: the bits travel
 // unchanged (64-bit integers and doubles included).
 template <typename T>
-T shuffle_from(T value, int src) {
+T shuffle_from(const char* file, int line, T value, int src) {
   static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= sizeof(uint64_t), "shuffles move <= 8 bytes");
   Grid& g = Grid::instance();
   const unsigned t = g.thread();
   uint64_t bits = 0;
   std::memcpy(&bits, &value, sizeof(T));
   g.shuffle_slot(t) = bits;
-  g.sync_warp();
+  g.sync_warp(file, line);
   T result = value;
   if (src >= 0) {
     const uint64_t theirs = g.shuffle_slot((t / 32) * 32 + static_cast<unsigned>(src));
     std::memcpy(&result, &theirs, sizeof(T));
   }
-  g.sync_warp();
+  g.sync_warp(file, line);
   return result;
 }
 
@@ -279,7 +312,8 @@ inline void check_aligned16(const void* p) {
 #define blockDim (::cuda_emulation::block_dim())
 #define gridDim (::cuda_emulation::grid_dim())
 
-inline void __syncthreads() { cuda_emulation::Grid::instance().sync_block(); }
+// Barriers record their source line: every thread a barrier waits for must wait at the same one.
+#define __syncthreads() ::cuda_emulation::Grid::instance().sync_block(__FILE__, __LINE__)
 
 // Blocks run one at a time on one OS thread, so every write is visible to the next block.
 inline void __threadfence() {}
@@ -296,27 +330,35 @@ T __ldcg(const T* p) {
   return *p;
 }
 
+namespace cuda_emulation {
+
 template <typename T>
-T __shfl_up_sync(unsigned mask, T value, int delta) {
-  cuda_emulation::check_full_mask(mask);
-  const int lane = static_cast<int>(cuda_emulation::Grid::instance().thread() % 32);
-  return cuda_emulation::shuffle_from(value, lane >= delta ? lane - delta : -1);
+T shfl_up_sync(const char* file, int line, unsigned mask, T value, int delta) {
+  check_full_mask(mask);
+  const int lane = static_cast<int>(Grid::instance().thread() % 32);
+  return shuffle_from(file, line, value, lane >= delta ? lane - delta : -1);
 }
 
 template <typename T>
-T __shfl_down_sync(unsigned mask, T value, int delta) {
-  cuda_emulation::check_full_mask(mask);
-  const int lane = static_cast<int>(cuda_emulation::Grid::instance().thread() % 32);
-  return cuda_emulation::shuffle_from(value, lane + delta < 32 ? lane + delta : -1);
+T shfl_down_sync(const char* file, int line, unsigned mask, T value, int delta) {
+  check_full_mask(mask);
+  const int lane = static_cast<int>(Grid::instance().thread() % 32);
+  return shuffle_from(file, line, value, lane + delta < 32 ? lane + delta : -1);
 }
 
 template <typename T>
-T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
-  cuda_emulation::check_full_mask(mask);
-  const int lane = static_cast<int>(cuda_emulation::Grid::instance().thread() % 32);
+T shfl_xor_sync(const char* file, int line, unsigned mask, T value, int lane_mask) {
+  check_full_mask(mask);
+  const int lane = static_cast<int>(Grid::instance().thread() % 32);
   const int src = lane ^ lane_mask;
-  return cuda_emulation::shuffle_from(value, src < 32 ? src : -1);
+  return shuffle_from(file, line, value, src < 32 ? src : -1);
 }
+
+}  // namespace cuda_emulation
+
+#define __shfl_up_sync(...) ::cuda_emulation::shfl_up_sync(__FILE__, __LINE__, __VA_ARGS__)
+#define __shfl_down_sync(...) ::cuda_emulation::shfl_down_sync(__FILE__, __LINE__, __VA_ARGS__)
+#define __shfl_xor_sync(...) ::cuda_emulation::shfl_xor_sync(__FILE__, __LINE__, __VA_ARGS__)
 
 inline uint4 __ldg(const uint4* p) {
   cuda_emulation::check_aligned16(p);
