@@ -58,6 +58,8 @@ def assert_same_noise(got, want, dtype, frame_dim):
     assert err <= 1e-14 * max(1.0, want.abs().max().item()), f"fp64 frames differ by {err:.3g}"
 
 
+MAX_GRID_X = 2**31 - 1  # the device's grid x limit
+
 # (shape, frame_dim, layout, grid y limit, blocks per frame at least)
 FILL_CASES = [
     ((2, 5, 3, 4), 1, "contiguous", 65535, 1),
@@ -85,20 +87,22 @@ def test_emulated_fill_matches_cpu(emu, shape, frame_dim, layout, max_grid_y, mi
     assert (alphas[:, 1:] > 0).any(), "the searches never accepted an alpha: the comparison is too weak"
 
 
-# (prev shape, candidates R, layout, grid y limit, blocks per frame at least)
+# (prev shape, candidates R, layout, grid y limit, blocks per frame at least, grid x limit)
 STEP_CASES = [
-    ((2, 4, 5), 3, "contiguous", 65535, 1),
-    ((3, 6, 2), 4, "permuted", 65535, 1),  # prev is a permuted view
-    ((5, 16), 2, "contiguous", 2, 1),  # batch 5 over a grid y cap of 2
-    ((2, 3000), 5, "contiguous", 65535, 5),  # many statistics blocks per batch item
+    ((2, 4, 5), 3, "contiguous", 65535, 1, MAX_GRID_X),
+    ((3, 6, 2), 4, "permuted", 65535, 1, MAX_GRID_X),  # prev is a permuted view
+    ((5, 16), 2, "contiguous", 2, 1, 2),  # batch 5 over grid caps of 2: the search blocks loop over the batch
+    ((3, 400), 3, "contiguous", 65535, 1, 1),  # one block writes all 1200 elements, 256 at a time
+    ((2, 3000), 5, "contiguous", 65535, 5, MAX_GRID_X),  # many statistics blocks per batch item
 ]
 
 
-@pytest.mark.parametrize("shape,num_candidates,layout,max_grid_y,min_chunks", STEP_CASES)
+@pytest.mark.parametrize("shape,num_candidates,layout,max_grid_y,min_chunks,max_grid_x", STEP_CASES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("order", list(ORDERS))
-def test_emulated_step_matches_cpu(emu, shape, num_candidates, layout, max_grid_y, min_chunks, dtype, order):
-    emu.configure(max_grid_y=max_grid_y, block_order=ORDERS[order])
+def test_emulated_step_matches_cpu(emu, shape, num_candidates, layout, max_grid_y, min_chunks, max_grid_x, dtype,
+                                   order):  # fmt: skip
+    emu.configure(max_grid_y=max_grid_y, block_order=ORDERS[order], max_grid_x=max_grid_x)
     gen = torch.Generator().manual_seed(sum(shape) + num_candidates)
     prev = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
     if layout == "permuted":
@@ -106,6 +110,7 @@ def test_emulated_step_matches_cpu(emu, shape, num_candidates, layout, max_grid_
     candidates = torch.randn((num_candidates, *shape), generator=gen, dtype=torch.float64).to(dtype)
     frame, alpha, index, plan = emu.noise_step(prev, candidates, LAMBDA, LINEAR_SEARCH)
     assert plan["chunks"] >= min_chunks and plan["grid_y"] == min(shape[0], max_grid_y)
+    assert plan["max_grid_x"] == min(max_grid_x, 2**20)
     want_frame, want_alpha, want_index = torch.ops.vidmem_ext.dependency_noise_step(
         prev, candidates, LAMBDA, LINEAR_SEARCH
     )

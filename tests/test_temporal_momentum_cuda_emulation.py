@@ -135,6 +135,42 @@ def test_emulated_cuda_kernels_match_reference(emu, shape, dim, layout, sms, fwd
                 assert torch.equal(a, b)
 
 
+# (shape, dim, layout, sm_count): one case of each kernel, two of them chunked.
+GRID_STRIDE_CASES = [CASES[0], CASES[4], CASES[7][:4], CASES[8][:4], CASES[9][:4]]
+
+
+@pytest.mark.parametrize("shape,dim,layout,sms", [case[:4] for case in GRID_STRIDE_CASES])
+@pytest.mark.parametrize("max_grid_x", [1, 3])
+def test_emulated_kernels_loop_over_a_capped_grid(emu, shape, dim, layout, sms, max_grid_x):
+    # With the device's grid x limit lowered, the blocks take several work units each through their
+    # grid-stride loops (which otherwise run once): the bits must not change.
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((shape, dim, max_grid_x)).encode()))
+    x = make_x(shape, dim, torch.float32, layout, gen)
+    slice_shape = [s for d, s in enumerate(shape) if d != dim % len(shape)]
+    m = 0.5 + 0.5 * torch.rand(slice_shape, generator=gen)
+    initial = torch.randn(slice_shape, generator=gen)
+    grad_y = torch.empty_like(x).copy_(torch.randn(shape, generator=gen))
+
+    def run():
+        y, plan = emu.forward(x, m, 0.0, dim, initial, sms)
+        grads = emu.backward(grad_y, x, y, m, 0.0, dim, initial, True, sms)
+        return (y, *grads[:3]), plan
+
+    want, want_plan = run()
+    emu.configure(max_grid_x=max_grid_x)
+    try:
+        got, plan = run()
+    finally:
+        emu.configure()
+    assert plan == {**want_plan, "max_grid": max_grid_x}
+    assert want_plan["max_grid"] == 2**30  # the kernels' own cap below the device's 2**31 - 1
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    y_ref, (gx_ref, gm_ref, gi_ref) = reference_outputs(x, m, dim, initial, grad_y)
+    assert_close(got[0], y_ref, TOL[torch.float32])
+    assert_close(got[1], gx_ref, 2 * TOL[torch.float32])
+
+
 def test_emulated_misaligned_vector_access_is_caught_by_the_plan(emu):
     # A storage offset of one element breaks 16-byte alignment: the plan must fall back to scalar access.
     x = torch.randn(4 * 64 + 1)[1:].view(4, 64)

@@ -75,11 +75,11 @@ cudaError_t launch_step(const StepParams& p, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
   const dim3 stats_grid(static_cast<unsigned int>(p.chunks), static_cast<unsigned int>(p.grid_y));
   VIDMEM_CUDA_TRY(launch_kernel(step_stats_kernel<scalar_t>, stats_grid, kThreads, stream, p));
-  const dim3 search_grid(static_cast<unsigned int>(min_i64(p.batch, int64_t(1) << 20)));
+  const dim3 search_grid(static_cast<unsigned int>(min_i64(p.batch, p.max_grid_x)));
   VIDMEM_CUDA_TRY(launch_kernel(step_search_kernel<scalar_t>, search_grid, kThreads, stream, p));
   const int64_t total = p.batch * p.numel;
   if (total == 0) return cudaSuccess;
-  const int64_t blocks = min_i64((total + kThreads - 1) / kThreads, int64_t(1) << 20);
+  const int64_t blocks = min_i64((total + kThreads - 1) / kThreads, p.max_grid_x);
   return launch_kernel(step_write_kernel<scalar_t>, dim3(static_cast<unsigned int>(blocks)), kThreads, stream, p);
 }
 
@@ -111,6 +111,9 @@ cudaError_t plan_step(StepParams& p, DType dtype, int device) {
   p.chunk = chunk_size_for(p.numel);
   p.chunks = chunk_count(p.numel, p.chunk);
   VIDMEM_CUDA_TRY(grid_y_for(p.batch, device, &p.grid_y));
+  int max_x = 0;
+  VIDMEM_CUDA_TRY(cudaDeviceGetAttribute(&max_x, cudaDevAttrMaxGridDimX, device));
+  p.max_grid_x = min_i64(int64_t(1) << 20, max_x < 1 ? 1 : max_x);
   const size_t acc_bytes = element_size(acc_dtype(dtype));
   p.coefficients_offset = align_up(sizeof(double) * p.batch * p.chunks * (p.num_candidates + 1));
   p.workspace_bytes = p.coefficients_offset + align_up(acc_bytes * 2 * p.batch);

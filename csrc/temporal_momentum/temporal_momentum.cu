@@ -45,6 +45,8 @@ cudaError_t choose_plan(const Layout& layout, DType dtype, const void* const* fu
   int sms = 0;
   VIDMEM_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   if (sms < 1) sms = 1;
+  int max_grid_x = 0;
+  VIDMEM_CUDA_TRY(cudaDeviceGetAttribute(&max_grid_x, cudaDevAttrMaxGridDimX, device));
 
   const int64_t vec = static_cast<int64_t>(16 / element_size(dtype));
   const int64_t frames = layout.frames, lanes = layout.lanes;
@@ -54,6 +56,7 @@ cudaError_t choose_plan(const Layout& layout, DType dtype, const void* const* fu
   for (int i = 0; i < n_full; ++i) frames_contiguous &= layout.frame_stride[full_ops[i]] == 1;
 
   *plan = CudaPlan{};
+  plan->max_grid = max_grid_x < 1 ? 1 : (max_grid_x < kMaxGrid ? max_grid_x : kMaxGrid);
   plan->chunk_len = frames > 0 ? frames : 1;
   plan->chunks = 1;
   // A block of kThreads per lane pays off for long frame runs, or when lanes are too few for a
@@ -93,9 +96,10 @@ cudaError_t choose_plan(const Layout& layout, DType dtype, const void* const* fu
   return cudaSuccess;
 }
 
-// Blocks for `units` work units (the kernels loop over the rest with a grid stride).
-dim3 grid_for(int64_t units) {
-  return dim3(static_cast<unsigned>(units < 1 ? 1 : (units < kMaxGrid ? units : kMaxGrid)));
+// Blocks for `units` work units, at most the plan's max_grid (the kernels loop over the rest with a
+// grid stride).
+dim3 grid_for(const CudaPlan& plan, int64_t units) {
+  return dim3(static_cast<unsigned>(units < 1 ? 1 : (units < plan.max_grid ? units : plan.max_grid)));
 }
 
 // Work units of the lane kernels: column groups x chunks.
@@ -111,10 +115,10 @@ cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream) {
   const bool two_pass = plan.chunks > 1;  // the aggregate pass first
   switch (plan.kernel) {
     case CudaKernel::kLanes:
-      return launch_kernel(forward_lanes_kernel<scalar_t, V, 1, L, false>, grid_for(lane_units(plan, p.layout, 1)),
+      return launch_kernel(forward_lanes_kernel<scalar_t, V, 1, L, false>, grid_for(plan, lane_units(plan, p.layout, 1)),
                            kThreads, stream, p);
     case CudaKernel::kLaneChunks: {
-      const dim3 grid = grid_for(lane_units(plan, p.layout, kChunkRows));
+      const dim3 grid = grid_for(plan, lane_units(plan, p.layout, kChunkRows));
       if (two_pass) {
         VIDMEM_CUDA_TRY(
             launch_kernel(forward_lanes_kernel<scalar_t, V, kChunkRows, L, true>, grid, kThreads, stream, p));
@@ -122,7 +126,7 @@ cudaError_t launch_forward(const ForwardParams& p, cudaStream_t stream) {
       return launch_kernel(forward_lanes_kernel<scalar_t, V, kChunkRows, L, false>, grid, kThreads, stream, p);
     }
     case CudaKernel::kFrameSegments: {
-      const dim3 grid = grid_for(p.layout.lanes * plan.chunks);
+      const dim3 grid = grid_for(plan, p.layout.lanes * plan.chunks);
       if (two_pass) {
         VIDMEM_CUDA_TRY(launch_kernel(forward_frames_kernel<scalar_t, V, true>, grid, kThreads, stream, p));
       }
@@ -142,10 +146,10 @@ cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream) {
   switch (plan.kernel) {
     case CudaKernel::kLanes:
       VIDMEM_CUDA_TRY(launch_kernel(backward_lanes_kernel<scalar_t, V, 1, L, false>,
-                                    grid_for(lane_units(plan, lay, 1)), kThreads, stream, p));
+                                    grid_for(plan, lane_units(plan, lay, 1)), kThreads, stream, p));
       break;
     case CudaKernel::kLaneChunks: {
-      const dim3 grid = grid_for(lane_units(plan, lay, kChunkRows));
+      const dim3 grid = grid_for(plan, lane_units(plan, lay, kChunkRows));
       if (two_pass) {
         VIDMEM_CUDA_TRY(
             launch_kernel(backward_lanes_kernel<scalar_t, V, kChunkRows, L, true>, grid, kThreads, stream, p));
@@ -155,7 +159,7 @@ cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream) {
       break;
     }
     case CudaKernel::kFrameSegments: {
-      const dim3 grid = grid_for(lay.lanes * plan.chunks);
+      const dim3 grid = grid_for(plan, lay.lanes * plan.chunks);
       if (two_pass) {
         VIDMEM_CUDA_TRY(launch_kernel(backward_frames_kernel<scalar_t, V, true>, grid, kThreads, stream, p));
       }
@@ -168,7 +172,7 @@ cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream) {
   if (!(p.momentum_grad && two_pass)) return cudaSuccess;
   // The momentum-gradient partials follow the aggregates in the workspace.
   const acc_t* partials = static_cast<const acc_t*>(p.workspace) + plan.chunks * lay.lanes;
-  return launch_kernel(sum_chunk_partials_kernel<acc_t>, grid_for(ceil_div(lay.lanes, kThreads)), kThreads, stream,
+  return launch_kernel(sum_chunk_partials_kernel<acc_t>, grid_for(plan, ceil_div(lay.lanes, kThreads)), kThreads, stream,
                        lay, partials, plan.chunks, static_cast<acc_t*>(p.grad_momentum));
 }
 

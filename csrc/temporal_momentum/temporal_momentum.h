@@ -214,6 +214,7 @@ struct CudaPlan {
   int64_t chunk_len;  // frames per chunk
   int64_t chunks;     // > 1: an aggregate pass runs first and the carries fold the aggregates in order
   size_t workspace_bytes;
+  int64_t max_grid;   // blocks per launch at most: kMaxGrid or the device's grid x limit (a grid stride covers the rest)
 };
 
 struct ForwardParams {

@@ -50,10 +50,11 @@ class PoisonedAllocations {
   c10::Allocator* previous_;
 };
 
-void configure(int sm_count, int max_grid_y, int block_order) {
-  TORCH_CHECK_VALUE(sm_count >= 1 && max_grid_y >= 1 && block_order >= 0 && block_order <= 2,
+void configure(int sm_count, int max_grid_y, int block_order, int max_grid_x) {
+  TORCH_CHECK_VALUE(sm_count >= 1 && max_grid_y >= 1 && block_order >= 0 && block_order <= 2 && max_grid_x >= 1,
                     "emulation settings out of range");
   cuda_emulation::device().sm_count = sm_count;
+  cuda_emulation::device().max_grid_x = max_grid_x;
   cuda_emulation::device().max_grid_y = max_grid_y;
   cuda_emulation::device().block_order = static_cast<cuda_emulation::BlockOrder>(block_order);
 }
@@ -71,6 +72,7 @@ pybind11::dict describe(const vm::CudaPlan& plan) {
   d["chunk_len"] = plan.chunk_len;
   d["chunks"] = plan.chunks;
   d["workspace_bytes"] = plan.workspace_bytes;
+  d["max_grid"] = plan.max_grid;
   return d;
 }
 
@@ -119,6 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, pybind11::dict> noise_step(const 
   pybind11::dict d;
   d["chunks"] = params.chunks;
   d["grid_y"] = params.grid_y;
+  d["max_grid_x"] = params.max_grid_x;
   return {frame, alpha, index, d};
 }
 
@@ -209,7 +212,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
   m.doc() = "the CUDA kernels of vidmem_ext run by a CPU emulator (tests only)";
   m.def("configure", &configure, "device settings: SM count, grid y limit, block order (0 in order, 1 reversed, 2 "
-        "shuffled)", py::arg("sm_count") = 132, py::arg("max_grid_y") = 65535, py::arg("block_order") = 0);
+        "shuffled), grid x limit", py::arg("sm_count") = 132, py::arg("max_grid_y") = 65535, py::arg("block_order") = 0,
+        py::arg("max_grid_x") = 0x7fffffff);
   m.def("poisoned_empty", &poisoned_empty, "a float tensor allocated as the emulated ops allocate", py::arg("numel"));
   m.def("probe_launch", &probe_launch, "one launch of a probe kernel: (status text, threads that ran)",
         py::arg("kernel"), py::arg("grid_x"), py::arg("grid_y"), py::arg("grid_z"), py::arg("block"));

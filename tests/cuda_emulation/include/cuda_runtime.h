@@ -54,7 +54,6 @@ namespace cuda_emulation {
 // Limits of current NVIDIA GPUs (compute capability 5.0 and later).
 constexpr unsigned kMaxThreadsPerBlock = 1024;
 constexpr unsigned kMaxBlockDimZ = 64;
-constexpr unsigned kMaxGridDimX = 0x7fffffffu;
 constexpr unsigned kMaxGridDimYZ = 65535;
 
 class Grid {
@@ -97,8 +96,9 @@ class Grid {
       return refuse(cudaErrorInvalidConfiguration, "block of " + std::to_string(threads) + " threads (at most " +
                                                        std::to_string(kMaxThreadsPerBlock) + ")");
     }
+    const unsigned max_x = static_cast<unsigned>(device().max_grid_x);
     const unsigned max_y = static_cast<unsigned>(device().max_grid_y);
-    if (grid.x > kMaxGridDimX || grid.y > max_y || grid.z > kMaxGridDimYZ) {
+    if (grid.x > max_x || grid.y > max_y || grid.z > kMaxGridDimYZ) {
       return refuse(cudaErrorInvalidConfiguration, "grid (" + std::to_string(grid.x) + ", " + std::to_string(grid.y) +
                                                        ", " + std::to_string(grid.z) + ") over the device's limits");
     }

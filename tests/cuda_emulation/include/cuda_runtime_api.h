@@ -15,7 +15,7 @@ enum cudaError {
 };
 typedef enum cudaError cudaError_t;
 typedef struct CUstream_st* cudaStream_t;
-enum cudaDeviceAttr { cudaDevAttrMaxGridDimY = 6, cudaDevAttrMultiProcessorCount = 16 };
+enum cudaDeviceAttr { cudaDevAttrMaxGridDimX = 5, cudaDevAttrMaxGridDimY = 6, cudaDevAttrMultiProcessorCount = 16 };
 
 struct dim3 {
   unsigned x, y, z;
@@ -29,7 +29,8 @@ enum class BlockOrder : int { kInOrder = 0, kReversed = 1, kShuffled = 2 };
 
 struct Device {
   int sm_count = 132;
-  int max_grid_y = 65535;  // the real limit; tests lower it to make launchers loop over the grid's y cap
+  int max_grid_x = 0x7fffffff;  // the real limits; tests lower them to make the kernels' grid-stride
+  int max_grid_y = 65535;       // loops run more than once
   BlockOrder block_order = BlockOrder::kInOrder;
   cudaError_t last_error = cudaSuccess;
   std::string last_message;  // what went wrong in the last failed launch
@@ -45,6 +46,9 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int /
   switch (attr) {
     case cudaDevAttrMultiProcessorCount:
       *value = cuda_emulation::device().sm_count;
+      return cudaSuccess;
+    case cudaDevAttrMaxGridDimX:
+      *value = cuda_emulation::device().max_grid_x;
       return cudaSuccess;
     case cudaDevAttrMaxGridDimY:
       *value = cuda_emulation::device().max_grid_y;
