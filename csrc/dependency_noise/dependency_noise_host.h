@@ -82,14 +82,17 @@ inline NoiseOutShape noise_out_shape(const at::Tensor& out, int64_t frame_dim) {
 
 // The device-independent part of dependency_noise_fill_: checks, the alphas, a contiguous
 // stand-in for a non-contiguous out. `launch(work, shape, alphas)` fills `work` (contiguous, viewed
-// as (batch, pre, frames, post)) and alphas (zero on entry); nothing runs for an empty out.
+// as (batch, pre, frames, post)) and the alphas of frames 1 on (frame 0's are zero on entry; the
+// rest start unset, so that the emulation tests' poisoned allocations show an unwritten one);
+// nothing runs for an empty out.
 template <typename Launch>
 at::Tensor run_fill(at::Tensor& out, double lambda_i, int64_t random_search_times, int64_t linear_search_times,
                     int64_t frame_dim, Launch&& launch) {
   frame_dim = check_fill_args(out, lambda_i, random_search_times, linear_search_times, frame_dim);
   const at::ScalarType acc = acc_scalar_type(out.scalar_type(), "dependency_noise_fill_: out");
-  at::Tensor alphas = at::zeros({out.size(0), out.size(frame_dim)}, out.options().dtype(acc));
-  if (out.numel() == 0) return alphas;
+  at::Tensor alphas = at::empty({out.size(0), out.size(frame_dim)}, out.options().dtype(acc));
+  if (out.numel() == 0) return alphas.zero_();
+  if (alphas.size(1) > 0) alphas.select(1, 0).zero_();
   at::Tensor work = out.is_contiguous() ? out : at::empty(out.sizes(), out.options());
   launch(work, noise_out_shape(work, frame_dim), alphas);
   if (!work.is_same(out)) out.copy_(work);
