@@ -137,6 +137,43 @@ def test_a_wrong_result_is_never_timed(tiny, monkeypatch):
     assert any(r["impl"] == "loop" and r["median_ms"] is not None for r in rows)
 
 
+@pytest.mark.parametrize(
+    "make,why",
+    [
+        (lambda s, g: torch.randn(s, generator=g) * 1.5, "not standard normal"),
+        (lambda s, g: torch.randn(s, generator=g) + 0.5, "not standard normal"),
+        (lambda s, g: torch.zeros(s), "not standard normal"),
+        (lambda s, g: torch.full(s, float("nan")), "non-finite"),
+        (lambda s, g: torch.randn(s, generator=g).double(), "float64 tensor"),
+    ],
+)
+def test_noise_check_rejects_what_is_not_dependency_noise(make, why):
+    shape = (2, 4, 3, 16, 16)
+    assert noise.check(vidmem_ext.dependency_noise(shape, seed=3), shape, torch.float32, torch.device("cpu")) == ""
+    assert noise.check(vidmem_ext.reference.dependency_noise(shape), shape, torch.float32, torch.device("cpu")) == ""
+    assert why in noise.check(make(shape, torch.Generator().manual_seed(0)), shape, torch.float32, torch.device("cpu"))
+    other_seed = vidmem_ext.dependency_noise(shape, seed=4)
+    assert "differs" in noise.check(other_seed, shape, torch.float32, torch.device("cpu"),
+                                    cpu_bits=vidmem_ext.dependency_noise(shape, seed=3))  # fmt: skip
+
+
+def test_wrong_noise_and_attention_are_never_timed(tiny, monkeypatch):
+    monkeypatch.setattr(vidmem_ext, "dependency_noise", lambda shape, **kw: 10 * torch.randn(shape, dtype=kw["dtype"]))
+    rows = noise.measure(noise.QUICK_SHAPES[0], torch.float32, torch.device("cpu"), quick=True)
+    fused = [r for r in rows if r["impl"] == "vidmem_ext"]
+    assert len(fused) == 1 and fused[0]["median_ms"] is None and "not standard normal" in fused[0]["note"]
+    assert all(r["median_ms"] is not None for r in rows if r["impl"] != "vidmem_ext")
+
+    from vidmem_ext.bench import attention
+
+    real = vidmem_ext.temporal_momentum_attention
+    monkeypatch.setattr(vidmem_ext, "temporal_momentum_attention", lambda q, k, v, m, **kw: real(q, k, v, 0.5, **kw))
+    rows = attention.measure(("tiny", 1, 4, 2, 8, 16), torch.float32, torch.device("cpu"), quick=True)
+    by_impl = {r["impl"]: r for r in rows}
+    assert by_impl["vidmem_ext"]["median_ms"] is None and "differs" in by_impl["vidmem_ext"]["note"]
+    assert by_impl["matrix EMA + sdpa"]["median_ms"] is not None and by_impl["sdpa"]["x_sdpa"] == 1.0
+
+
 def test_installed_peers_are_cuda_only_on_cpu(tiny):
     peers = {"accelerated-scan warp": lambda gates, tokens: tokens, "fla hgrn chunk": "not importable; pip install x"}
     rows = momentum.measure(TINY_LAYOUTS[1], torch.float32, torch.device("cpu"), quick=True, compile_loop=False,

@@ -64,14 +64,19 @@ def measure(shape, dtype: torch.dtype, device: torch.device, *, quick: bool) -> 
         for _ in range(3)
     )
     impls = implementations(q, k, v, frames)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    times, wrong = {}, {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="vidmem_ext.* using the slow Python reference")
-        tol = 1e-4 if dtype == torch.float32 else 2e-2
-        torch.testing.assert_close(impls["vidmem_ext"](), impls["loop EMA + sdpa"](), atol=tol, rtol=tol)
-        times = {}
         with torch.inference_mode():
+            # The three momentum forms must agree with the loop EMA (sdpa alone is the floor, momentum 0).
+            want = impls["loop EMA + sdpa"]()
+            for name in ("matrix EMA + sdpa", "vidmem_ext"):
+                if not torch.allclose(impls[name]().float(), want.float(), atol=tol, rtol=tol):
+                    wrong[name] = "skipped: result differs from loop EMA + sdpa"  # never time a wrong result
             for name, fn in impls.items():
-                times[name] = median_time(fn, device=device, repeats=repeats, warmup=1 if quick else 3)
+                if name not in wrong:
+                    times[name] = median_time(fn, device=device, repeats=repeats, warmup=1 if quick else 3)
     return [
         {
             "op": "attention",
@@ -80,11 +85,11 @@ def measure(shape, dtype: torch.dtype, device: torch.device, *, quick: bool) -> 
             "dtype": str(dtype).replace("torch.", ""),
             "impl": name,
             "mode": "fwd",
-            "median_ms": seconds * 1e3,
-            "x_sdpa": seconds / times["sdpa"],
-            "note": "",
+            "median_ms": times[name] * 1e3 if name in times else None,
+            "x_sdpa": times[name] / times["sdpa"] if name in times else None,
+            "note": wrong.get(name, ""),
         }
-        for name, seconds in times.items()
+        for name in impls
     ]
 
 

@@ -11,6 +11,7 @@ its output (CPU: peak resident set size in a fresh process; CUDA: the caching al
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -66,6 +67,34 @@ def peak_extra_mib(shape, device: torch.device) -> float | None:
     return int(child.stdout) / 2**20 if child.returncode == 0 else None
 
 
+def check(got, shape, dtype: torch.dtype, device: torch.device, *, cpu_bits=None) -> str:
+    """Why `got` is not dependency noise of shape and dtype on device; "" when it passes.
+
+    Each frame of dependency noise is standard normal element by element (frames depend on each other,
+    elements within a frame do not), so each frame's mean and standard deviation must lie within eight
+    standard errors (plus the dtype's rounding) of 0 and 1. `cpu_bits`, when given, is the CPU kernel's
+    output for the same seed, which a CUDA output must match within the dtype's rounding.
+    """
+    if tuple(got.shape) != tuple(shape) or got.dtype != dtype or got.device.type != device.type:
+        return f"a {tuple(got.shape)} {got.dtype} tensor on {got.device.type}"
+    values = got.detach().double().cpu()
+    if not values.isfinite().all():
+        return "non-finite values"
+    frames = values.movedim(1, 0).flatten(1)  # (frames, elements of a frame)
+    n = frames.size(1)
+    if n >= 2:
+        rounding = torch.finfo(dtype).eps
+        mean_err = frames.mean(dim=1).abs().max().item()
+        std_err = (frames.std(dim=1) - 1).abs().max().item()
+        if mean_err > 8 / math.sqrt(n) + rounding or std_err > 8 / math.sqrt(2 * n) + rounding:
+            return f"a frame is not standard normal (mean off by {mean_err:.3g}, std off by {std_err:.3g})"
+    if cpu_bits is not None:
+        tol = 1e-5 if dtype in (torch.float32, torch.float64) else 1e-2
+        if not torch.allclose(values, cpu_bits.double(), rtol=tol, atol=tol):
+            return "differs from the CPU kernel's output for the same seed"
+    return ""
+
+
 def measure(shape, dtype: torch.dtype, device: torch.device, *, quick: bool, peak: bool = False) -> list[dict]:
     from .. import dependency_noise
 
@@ -75,18 +104,26 @@ def measure(shape, dtype: torch.dtype, device: torch.device, *, quick: bool, pea
         "eager": lambda: reference.dependency_noise(shape, device=device, dtype=dtype),
         "torch.randn": lambda: torch.randn(shape, device=device, dtype=dtype),
     }
+    cpu_bits = dependency_noise(shape, seed=0, dtype=dtype) if device.type != "cpu" else None
+    wrong = {
+        "vidmem_ext": check(impls["vidmem_ext"](), shape, dtype, device, cpu_bits=cpu_bits),
+        "eager": check(impls["eager"](), shape, dtype, device),
+    }
     times = {}
     for name, fn in impls.items():
+        if wrong.get(name):
+            continue  # never time a wrong result
         n = max(1, repeats // 3) if name == "eager" else repeats
         times[name] = median_time(fn, device, repeats=n, warmup=1 if quick else 2)
-    extra = peak_extra_mib(shape, device) if peak and dtype == torch.float32 else None
+    extra = peak_extra_mib(shape, device) if peak and dtype == torch.float32 and "vidmem_ext" in times else None
     rows = []
-    for name, seconds in times.items():
-        note = ""
-        if name == "vidmem_ext":
-            note = f"eager / fused {times['eager'] / seconds:.1f}x"
+    for name in impls:
+        seconds = times.get(name)
+        note = f"skipped: {wrong[name]}" if wrong.get(name) else ""
+        if name == "vidmem_ext" and seconds is not None:
+            note = f"eager / fused {times['eager'] / seconds:.1f}x" if "eager" in times else ""
             if extra is not None:
-                note += f"; peak extra {extra:.2f} MiB"
+                note += f"{'; ' if note else ''}peak extra {extra:.2f} MiB"
         rows.append(
             {
                 "op": "noise",
@@ -95,8 +132,8 @@ def measure(shape, dtype: torch.dtype, device: torch.device, *, quick: bool, pea
                 "dtype": str(dtype).replace("torch.", ""),
                 "impl": name,
                 "mode": "fwd",
-                "median_ms": seconds * 1e3,
-                "x_randn": seconds / times["torch.randn"],
+                "median_ms": None if seconds is None else seconds * 1e3,
+                "x_randn": None if seconds is None else seconds / times["torch.randn"],
                 "note": note,
             }
         )
