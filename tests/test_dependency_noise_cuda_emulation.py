@@ -14,6 +14,9 @@ order differ in the last bits of the double sums).
 
 from __future__ import annotations
 
+import os
+import re
+
 import cuda_emulation
 import pytest
 import torch
@@ -92,7 +95,7 @@ STEP_CASES = [
     ((2, 4, 5), 3, "contiguous", 65535, 1, MAX_GRID_X),
     ((3, 6, 2), 4, "permuted", 65535, 1, MAX_GRID_X),  # prev is a permuted view
     ((5, 16), 2, "contiguous", 2, 1, 2),  # batch 5 over grid caps of 2: the search blocks loop over the batch
-    ((3, 400), 3, "contiguous", 65535, 1, 1),  # one block writes all 1200 elements, 256 at a time
+    ((3, 400), 3, "contiguous", 65535, 1, 1),  # one block writes all 1200 elements, 128 at a time
     ((2, 3000), 5, "contiguous", 65535, 5, MAX_GRID_X),  # many statistics blocks per batch item
 ]
 
@@ -177,6 +180,36 @@ def test_emulator_reports_threads_at_different_barriers(emu):
     assert "divergent barrier" in status and "__syncthreads" in status
     assert threads == 0  # the launch ended at the barrier
     assert emu.probe_launch("count", 1, 1, 1, 32) == ("no error", 32)
+
+
+def test_emulator_poisons_the_shared_memory_of_every_kernel(emu):
+    # The (kernel, variable) pairs of the __shared__ variables the emulator fills before each block:
+    # every __shared__ declaration in csrc/ (grep finds ten), and the probes' two.
+    found = {
+        (re.sub(r"<.*", "", name.split("(")[0]).rsplit("::", 1)[-1], name.rsplit("::", 1)[-1])
+        for name in (n.replace("(anonymous namespace)::", "") for n in emu.shared_variable_names())
+    }
+    assert found == {
+        ("fill_frame_kernel", "scratch"),
+        ("fill_frame_kernel", "last_block"),
+        ("step_stats_kernel", "scratch"),
+        ("step_search_kernel", "scratch"),
+        ("forward_frames_kernel", "warp_maps"),
+        ("backward_frames_kernel", "warp_maps"),
+        ("backward_frames_kernel", "warp_dm"),
+        ("forward_lanes_kernel", "row_maps"),
+        ("backward_lanes_kernel", "row_maps"),
+        ("backward_lanes_kernel", "row_dm"),
+        ("missing_barrier_kernel", "published"),
+        ("shared_unwritten_kernel", "words"),
+    }
+    declarations = sum(
+        open(os.path.join(root, f)).read().count("__shared__ ")
+        for root, _, files in os.walk(os.path.join(cuda_emulation.ROOT, "csrc"))
+        for f in files
+        if f.endswith((".cu", ".cuh"))
+    )
+    assert declarations == 10  # a new one belongs in the set above
 
 
 def test_emulator_starts_every_block_with_poisoned_shared_memory(emu):

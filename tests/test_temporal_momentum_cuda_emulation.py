@@ -135,14 +135,15 @@ def test_emulated_cuda_kernels_match_reference(emu, shape, dim, layout, sms, fwd
                 assert torch.equal(a, b)
 
 
-# (shape, dim, layout, sm_count): one case of each kernel, two of them chunked.
-GRID_STRIDE_CASES = [CASES[0], CASES[4], CASES[7][:4], CASES[8][:4], CASES[9][:4]]
+# (shape, dim, layout, sm_count): each kernel with at least two work units (the lanes kernel's
+# unit is 256 lane vectors: 2048 lanes of fp32 make two), two of them chunked.
+GRID_STRIDE_CASES = [((4, 2048), 0, "contiguous", 132), CASES[4][:4], CASES[7][:4], CASES[8][:4], CASES[9][:4]]
 
 
 @pytest.mark.parametrize("shape,dim,layout,sms", [case[:4] for case in GRID_STRIDE_CASES])
 @pytest.mark.parametrize("max_grid_x", [1, 3])
 def test_emulated_kernels_loop_over_a_capped_grid(emu, shape, dim, layout, sms, max_grid_x):
-    # With the device's grid x limit lowered, the blocks take several work units each through their
+    # With the device's grid x limit lowered, blocks take several work units each through their
     # grid-stride loops (which otherwise run once): the bits must not change.
     gen = torch.Generator().manual_seed(zlib.crc32(repr((shape, dim, max_grid_x)).encode()))
     x = make_x(shape, dim, torch.float32, layout, gen)

@@ -233,7 +233,8 @@ struct StepParams {
   int64_t linear_search_times;
   // The plan: statistics blocks (chunk, batch item) sum `chunk` elements each.
   int64_t chunk, chunks, grid_y;
-  int64_t max_grid_x;  // blocks of the search and write kernels at most (they loop over the rest)
+  int64_t max_grid_x;  // blocks of the search and write kernels at most (they loop over the rest); the
+                       // statistics grid puts its chunks (at most kMaxChunks) on x uncapped
   size_t coefficients_offset, workspace_bytes;  // in the workspace, after the partial sums
   void* workspace;
 };

@@ -148,12 +148,18 @@ __global__ void divergent_lines_kernel(unsigned int* count) {
   atomicAdd(count, 1u);
 }
 
-// Counts the blocks whose thread 0 finds its shared word still 0xFF bytes (then writes it).
+// Counts the blocks whose thread 0 finds its shared words still 0xFF bytes (then writes them). A
+// template, as the project's kernels are (their statics are found another way than plain ones').
+template <typename T>
 __global__ void shared_unwritten_kernel(unsigned int* count) {
-  __shared__ unsigned int word;
+  __shared__ T words[3];
   if (threadIdx.x == 0) {
-    if (word == 0xFFFFFFFFu) atomicAdd(count, 1u);
-    word = 7;
+    T poison;
+    std::memset(&poison, 0xFF, sizeof(T));
+    bool unwritten = true;
+    for (const T& w : words) unwritten &= std::memcmp(&w, &poison, sizeof(T)) == 0;
+    if (unwritten) atomicAdd(count, 1u);
+    for (T& w : words) w = T(7);
   }
 }
 
@@ -186,7 +192,7 @@ std::tuple<std::string, int64_t> probe_launch(const std::string& kernel, unsigne
     status = vidmem::launch_kernel(divergent_lines_kernel, dim3(grid_x, grid_y, grid_z), dim3(block), nullptr, &count);
   } else if (kernel == "shared_unwritten") {
     status =
-        vidmem::launch_kernel(shared_unwritten_kernel, dim3(grid_x, grid_y, grid_z), dim3(block), nullptr, &count);
+        vidmem::launch_kernel(shared_unwritten_kernel<double>, dim3(grid_x, grid_y, grid_z), dim3(block), nullptr, &count);
   } else if (kernel == "missing_barrier") {
     TORCH_CHECK_VALUE(block == 64, "missing_barrier runs two warps: block 64");
     status = vidmem::launch_kernel(missing_barrier_kernel, dim3(grid_x, grid_y, grid_z), dim3(block), nullptr, &count);
@@ -194,6 +200,12 @@ std::tuple<std::string, int64_t> probe_launch(const std::string& kernel, unsigne
     TORCH_CHECK_VALUE(false, "unknown probe kernel ", kernel);
   }
   return {cudaGetErrorString(status), static_cast<int64_t>(count)};
+}
+
+std::vector<std::string> shared_variable_names() {
+  std::vector<std::string> names;
+  for (const auto& v : cuda_emulation::Grid::shared()) names.push_back(v.name);
+  return names;
 }
 
 at::Tensor swap_neighbours(const at::Tensor& values) {
@@ -217,6 +229,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("poisoned_empty", &poisoned_empty, "a float tensor allocated as the emulated ops allocate", py::arg("numel"));
   m.def("probe_launch", &probe_launch, "one launch of a probe kernel: (status text, threads that ran)",
         py::arg("kernel"), py::arg("grid_x"), py::arg("grid_y"), py::arg("grid_z"), py::arg("block"));
+  m.def("shared_variable_names", &shared_variable_names, "the __shared__ variables the emulator poisons");
   m.def("swap_neighbours", &swap_neighbours, "a warp's int64 values through __shfl_xor_sync(v, 1)", py::arg("values"));
   m.def("forward", &forward, "temporal momentum: y and the plan", py::arg("x"), py::arg("momentum"),
         py::arg("momentum_value"), py::arg("dim"), py::arg("initial"), py::arg("sm_count"));

@@ -4,8 +4,9 @@
 // as it gets before the next starts (its warp shuffles release it at once), and its threads run in
 // a fresh pseudo-random order at every barrier. So a warp runs a whole stretch between block
 // barriers ahead of, or behind, the others, and code that reads shared memory without the barrier
-// it needs tends to fail. Every barrier must be the same one (the same source line) in all the
-// threads it waits for. Shared memory starts every block as 0xFF bytes. Blocks run one after
+// it needs tends to fail. Every barrier must be the same one (the same source line; a barrier in
+// a helper is one line whichever call reached it) in all the threads it waits for. Shared memory
+// starts every block as 0xFF bytes. Blocks run one after
 // another, in the order the device setting asks for (in order, reversed, shuffled), so code that
 // assumes an order of blocks tends to fail. A launch over the GPU's limits fails as on a GPU
 // (cudaErrorInvalidConfiguration); a misaligned 16-byte access, a divergent barrier or a deadlock
@@ -17,16 +18,23 @@
 // shared memory before it is written and vector alignment.
 #pragma once
 
+#include <cxxabi.h>
+#include <dlfcn.h>
+#include <elf.h>
+#include <link.h>
 #include <ucontext.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cuda_runtime_api.h"
@@ -36,11 +44,10 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-// One block runs at a time, so a static is that block's shared memory. All of them sit in one
-// section, which the emulator fills with 0xFF bytes before each block (the linker names its ends).
-#define __shared__ static __attribute__((section("cuda_emulation_shared")))
-extern "C" char __start_cuda_emulation_shared[] __attribute__((weak));
-extern "C" char __stop_cuda_emulation_shared[] __attribute__((weak));
+// One block runs at a time, so a static is that block's shared memory. The emulator finds these
+// statics in the symbol table of the module and fills them with 0xFF bytes before each block
+// (shared_variables below).
+#define __shared__ static
 
 struct uint3 {
   unsigned x, y, z;
@@ -55,6 +62,61 @@ namespace cuda_emulation {
 constexpr unsigned kMaxThreadsPerBlock = 1024;
 constexpr unsigned kMaxBlockDimZ = 64;
 constexpr unsigned kMaxGridDimYZ = 65535;
+
+// The __shared__ variables of the module that holds `anchor`: the writable function-local statics
+// of functions whose names end in "_kernel" (the kernels have no other statics), read from the
+// module's ELF symbol table: GCC ignores a section attribute on the statics of templates, so no
+// linker-made range can collect them. Empty if the table cannot be read (the poisoning test fails).
+struct SharedVariable {
+  char* address;
+  size_t bytes;
+  std::string name;  // demangled
+};
+inline std::vector<SharedVariable> shared_variables(const void* anchor) {
+  std::vector<SharedVariable> found;
+  Dl_info info;
+  link_map* module = nullptr;
+  if (dladdr1(anchor, &info, reinterpret_cast<void**>(&module), RTLD_DL_LINKMAP) == 0 || module == nullptr) {
+    return found;
+  }
+  std::ifstream file(info.dli_fname, std::ios::binary);
+  const std::string image((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  if (image.size() < sizeof(Elf64_Ehdr)) return found;
+  const auto* header = reinterpret_cast<const Elf64_Ehdr*>(image.data());
+  if (header->e_shoff + size_t(header->e_shnum) * sizeof(Elf64_Shdr) > image.size()) return found;
+  const auto* sections = reinterpret_cast<const Elf64_Shdr*>(image.data() + header->e_shoff);
+  for (int i = 0; i < header->e_shnum; ++i) {
+    if (sections[i].sh_type != SHT_SYMTAB || sections[i].sh_link >= header->e_shnum) continue;
+    const Elf64_Shdr& names = sections[sections[i].sh_link];
+    const auto* symbols = reinterpret_cast<const Elf64_Sym*>(image.data() + sections[i].sh_offset);
+    for (size_t k = 0; k < sections[i].sh_size / sizeof(Elf64_Sym); ++k) {
+      const Elf64_Sym& sym = symbols[k];
+      // Uninitialised writable data (.bss), not thread-local.
+      if (ELF64_ST_TYPE(sym.st_info) != STT_OBJECT || sym.st_size == 0 || sym.st_shndx == SHN_UNDEF ||
+          sym.st_shndx >= header->e_shnum || sections[sym.st_shndx].sh_type != SHT_NOBITS ||
+          (sections[sym.st_shndx].sh_flags & (SHF_WRITE | SHF_TLS)) != SHF_WRITE || sym.st_name >= names.sh_size) {
+        continue;
+      }
+      int status = 0;
+      char* demangled = abi::__cxa_demangle(image.data() + names.sh_offset + sym.st_name, nullptr, nullptr, &status);
+      if (status != 0 || demangled == nullptr) continue;
+      const std::string name(demangled);
+      std::free(demangled);
+      // "ns::name_kernel<args>(params)::variable": a plain identifier after the kernel's parameters;
+      // not "guard variable for ..." and the like.
+      const size_t scope = name.rfind(")::");
+      const size_t kernel = name.find("_kernel");
+      if (scope == std::string::npos || kernel == std::string::npos || kernel > scope ||
+          name.rfind("guard variable", 0) == 0 ||
+          name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_", scope + 3) !=
+              std::string::npos) {
+        continue;
+      }
+      found.push_back({reinterpret_cast<char*>(module->l_addr + sym.st_value), static_cast<size_t>(sym.st_size), name});
+    }
+  }
+  return found;
+}
 
 class Grid {
  public:
@@ -73,6 +135,12 @@ class Grid {
   void sync_warp(const char* file, int line) { wait_at(kAtWarpBarrier, file, line); }
 
   uint64_t& shuffle_slot(unsigned thread) { return shuffle_slots_[thread]; }
+
+  // The kernels' __shared__ variables, found once.
+  static const std::vector<SharedVariable>& shared() {
+    static const std::vector<SharedVariable> found = shared_variables(reinterpret_cast<void*>(&entry));
+    return found;
+  }
 
   // Ends the launch from inside a kernel thread: never returns to the kernel.
   [[noreturn]] void fail_in_kernel(const std::string& what) {
@@ -160,9 +228,7 @@ class Grid {
 
   // One block; false when the launch failed.
   bool run_block() {
-    if (__start_cuda_emulation_shared != nullptr) {
-      std::memset(__start_cuda_emulation_shared, 0xFF, __stop_cuda_emulation_shared - __start_cuda_emulation_shared);
-    }
+    for (const SharedVariable& v : shared()) std::memset(v.address, 0xFF, v.bytes);
     for (unsigned t = 0; t < threads_; ++t) start(t);
     at_block_barrier_ = 0;
     std::vector<unsigned> warps(threads_ / 32), lanes(32);
