@@ -140,7 +140,7 @@ CASES = [
     ("noise L 2**70", lambda: noise((2, 3), 0.1, 10, 2**70), ValueError, "linear_search_times"),
     ("noise L str", lambda: noise((2, 3), 0.1, 10, "15"), TypeError, "linear_search_times"),
     ("noise frame_dim batch", lambda: noise((2, 3), frame_dim=0), ValueError, "frame_dim"),
-    ("noise frame_dim out of range", lambda: noise((2, 3), frame_dim=5), ValueError, "frame_dim"),
+    ("noise frame_dim out of range", lambda: noise((2, 3), frame_dim=5), IndexError, "frame_dim"),
     ("noise frame_dim str", lambda: noise((2, 3), frame_dim="1"), TypeError, "frame_dim"),
     ("noise seed and generator", lambda: noise((2, 3), seed=1, generator=torch.Generator()), ValueError, "seed"),
     ("noise seed float", lambda: noise((2, 3), seed=1.5), TypeError, "seed"),

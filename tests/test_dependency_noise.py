@@ -549,14 +549,26 @@ def test_fill_opcheck_and_compile():
 def test_fallback_runs_the_reference(monkeypatch):
     monkeypatch.setattr(_backend, "use_kernel", lambda op, device: False)
     x, alphas = vidmem_ext.dependency_noise((2, 3, 16), 0.5, seed=17, return_alphas=True)
-    gen = torch.Generator().manual_seed(17)
+    gen = torch.Generator().manual_seed(vidmem_ext.noise._mix_seed(17))
     want, want_alphas = reference.dependency_noise((2, 3, 16), 0.5, generator=gen, return_alphas=True)
     assert torch.equal(x, want) and torch.equal(alphas, want_alphas)
+    # torch's CPU generator keeps 32 bits of its seed: the fallback mixes all 64 in first
+    noise = lambda seed: vidmem_ext.dependency_noise((1, 2, 16), 0.5, seed=seed)  # noqa: E731
+    for a, b in ((0, 2**32), (-1, 2**63 - 1), (0, 2**63)):
+        assert not torch.equal(noise(a), noise(b)), (a, b)
+    assert torch.equal(noise(-1), noise(-1))
     prev, candidates = torch.randn(2, 16), torch.randn(4, 2, 16)
     for got, ref in zip(
         vidmem_ext.dependency_noise_step(prev, candidates, 0.5), reference.dependency_noise_step(prev, candidates, 0.5)
     ):
         assert torch.equal(got, ref)
+    # an empty batch gives empty outputs, as the kernel does
+    for dtype in (torch.float16, torch.float32, torch.float64):
+        got = vidmem_ext.dependency_noise_step(torch.randn(0, 3).to(dtype), torch.randn(2, 0, 3).to(dtype), 0.5)
+        want = torch.ops.vidmem_ext.dependency_noise_step(
+            torch.randn(0, 3).to(dtype), torch.randn(2, 0, 3).to(dtype), 0.5, 15
+        )
+        assert [(t.shape, t.dtype) for t in got] == [(t.shape, t.dtype) for t in want]
 
 
 # --------------------------------------------------------------------------- memory

@@ -734,6 +734,15 @@ def test_pooled_rope_equals_framepack_description(size):
     assert torch.equal(torch.cat([cos, sin], -1), packer.pooled_rope(grid, h, w))
 
 
+def test_pooled_rope_names_a_latent_smaller_than_a_patch():
+    packer = MultiTermMemoryPacker([MemoryTerm(2, 2, 2, 2), MemoryTerm(1, 1, 1, 2)], 2, 3)
+    features = lambda f, r, c: torch.stack([f + r + c], -1)  # noqa: E731
+    assert packer(torch.randn(1, 2, 3, 1, 4))[0].shape[1] > 0  # the packer itself pads to whole patches
+    with pytest.raises(ValueError, match="latent_h and latent_w must be >= the patch size 2, got 1x4"):
+        packer.pooled_rope(features, 1, 4)
+    assert packer.pooled_rope(features, 2, 4).shape == (3, 1)
+
+
 def test_pooled_rope_differs_from_rope_at_the_centre_positions():
     packer = MultiTermMemoryPacker(FRAMEPACK_TERMS, 4, 8, framepack_compatible=True)
     rope = framepack_style_rope(theta=10.0)

@@ -113,7 +113,9 @@ def dependency_noise(
         linear_search_times, "linear_search_times", minimum=0, maximum=MAX_LINEAR_SEARCH_TIMES
     )
     frame_dim = _checks.check_int(frame_dim, "frame_dim")
-    if not -len(shape) <= frame_dim < len(shape) or frame_dim % len(shape) == 0:
+    if not -len(shape) <= frame_dim < len(shape):
+        raise IndexError(f"frame_dim {frame_dim} is out of range for a shape with {len(shape)} dimensions")
+    if frame_dim % len(shape) == 0:
         raise ValueError(
             f"frame_dim must index a non-batch axis of a {len(shape)}-dim shape (1..{len(shape) - 1}), got {frame_dim}"
         )
@@ -162,12 +164,25 @@ def dependency_noise(
         )
     else:
         if seed is not None:
-            generator = torch.Generator(device=device).manual_seed(int(seed) & ((1 << 63) - 1))
+            generator = torch.Generator(device=device).manual_seed(_mix_seed(seed))
         out, alphas = reference.dependency_noise(
             shape, lambda_i, random_search_times, linear_search_times,
             frame_dim=frame_dim, generator=generator, device=device, dtype=dtype, return_alphas=True,
         )  # fmt: skip
     return (out, alphas) if return_alphas else out
+
+
+def _mix_seed(seed: int) -> int:
+    """The seed of the fallback's torch.Generator: the splitmix64 finaliser of all 64 bits of `seed`.
+
+    torch's CPU generator keeps only the low 32 bits of its seed, so seeds that differ only in the
+    high bits would otherwise give the same noise.
+    """
+    mask = (1 << 64) - 1
+    z = (int(seed) + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
 
 
 def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i: float, linear_search_times: int = 15):
@@ -199,6 +214,10 @@ def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i
     )
     if _backend.use_kernel("dependency_noise_step", prev.device):
         return torch.ops.vidmem_ext.dependency_noise_step(prev, candidates, lambda_i, linear_search_times)
+    if prev.shape[0] == 0:  # as the kernel: empty outputs (the reference cannot reshape an empty batch)
+        acc = torch.float64 if prev.dtype == torch.float64 else torch.float32
+        return (torch.empty_like(prev), torch.empty(0, dtype=acc, device=prev.device),
+                torch.empty(0, dtype=torch.int64, device=prev.device))  # fmt: skip
     return reference.dependency_noise_step(prev, candidates, lambda_i, linear_search_times)
 
 

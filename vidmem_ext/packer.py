@@ -238,7 +238,8 @@ class MultiTermMemoryPacker(nn.Module):
             latent_h, latent_w: the latent size of the history.
             frame_indices: with a callable, each history frame's index (a sequence or 1-D tensor of
                 T numbers, e.g. FramePack's clean_latent_4x/2x/1x indices concatenated oldest first);
-                default 0..T-1. Not used with tensors, which already hold their frames' features.
+                default 0..T-1. Only with a callable: a tensor already holds its frames' features, and
+                passing frame_indices with one is a TypeError.
 
         Returns:
             (total_tokens, C) in token order (term by term, then frame, row, column), in the features'
@@ -252,6 +253,11 @@ class MultiTermMemoryPacker(nn.Module):
             raise ValueError(f"pooled_rope needs one patch size for all terms, got {sorted(patch_sizes)}")
         p = patch_sizes.pop() if patch_sizes else 1
         grid_shape = (self.num_frames, h // p, w // p)
+        if (h < p or w < p) and sum(self.token_counts(h, w)) > 0:  # tokens, but no 1x patch to pool from
+            raise ValueError(
+                f"pooled_rope needs a latent of at least one patch: latent_h and latent_w must be >= the patch size "
+                f"{p}, got {h}x{w}"
+            )
         if isinstance(features, torch.Tensor):
             if frame_indices is not None:
                 raise TypeError("frame_indices is only used with a callable features; a tensor holds its frames")
