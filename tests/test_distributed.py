@@ -353,6 +353,30 @@ def _exact_edges_cases(rank, world, group):
     return records
 
 
+def _infinity_cases(rank, world, group):
+    """An inf in frame 0 stays inf on later ranks, where m^(t+1) and the carries' m^L underflow (0 * inf)."""
+    frames = 200 * world  # 0.4^200 underflows in fp32
+    x = torch.randn(frames, 2, 3, generator=torch.Generator().manual_seed(6))
+    x[0, :, 0] = float("inf")
+    x[0, 1, 1] = -float("inf")
+    start, length = 200 * rank, 200
+    records = []
+    for m in (0.4, torch.full((3,), 0.4)):
+        xg = x.narrow(0, start, length).clone().requires_grad_()
+        y = vdist.temporal_momentum(xg, m, 0, group)
+        want = vidmem_ext.temporal_momentum(x, m, 0).narrow(0, start, length)
+        grad_y = torch.zeros(length, 2, 3)
+        if rank == world - 1:
+            grad_y[-1] = float("inf")  # a is infinite from the last frame down, across the ranks
+        (gx,) = torch.autograd.grad(y, xg, grad_y)
+        ok = torch.equal(y.isinf(), want.isinf()) and torch.equal(y.isinf() & (y > 0), want.isinf() & (want > 0))
+        ok = ok and not y.isnan().any() and gx.isinf().all().item() and not gx.isnan().any()
+        name = "tensor" if isinstance(m, torch.Tensor) else "float"
+        detail = f"{y.isnan().sum().item()} NaN outputs, {gx.isnan().sum().item()} NaN gradients"
+        records.append({"kind": "match", "case": f"infinities, {name} momentum", "ok": ok, "detail": detail})
+    return records
+
+
 def _subgroup_cases(rank, world):
     """A group that excludes global rank 0: group ranks, not global ranks, order the blocks."""
     members = list(range(1, world))
@@ -402,6 +426,7 @@ def _worker(rank: int, world: int, store_path: str, out_dir: str):
         run(_bytes_cases, rank, world, None)
         run(_other_cases, rank, world, None)
         run(_exact_edges_cases, rank, world, None)
+        run(_infinity_cases, rank, world, None)
         if world >= 3:
             run(_subgroup_cases, rank, world)
     finally:
@@ -471,9 +496,9 @@ def _check(results, kinds, minimum):
 
 def test_forward_and_gradients_match_single_process(group_results):
     world, results = group_results
-    # every split x every variant on every rank, plus fp32/fp16/momentum-only/no-grad, 3 exact-edge cases
-    # (+ subgroup for world 3)
-    _check(results, {"match", "crash"}, world * (len(SPLITS[world]) * len(VARIANTS) + 8))
+    # every split x every variant on every rank, plus fp32/fp16/momentum-only/no-grad, 3 exact-edge cases,
+    # 2 infinity cases (+ subgroup for world 3)
+    _check(results, {"match", "crash"}, world * (len(SPLITS[world]) * len(VARIANTS) + 10))
 
 
 def test_inconsistent_arguments_raise_the_same_error_on_every_rank(group_results):

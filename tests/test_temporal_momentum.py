@@ -159,6 +159,32 @@ def test_chunked_frames_match_reference(shape, dim):
         assert (err <= last_place * want.abs() + fp32_error).all(), f"{dtype}: max error {err.max().item():.3g}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chunked_frames_keep_infinities_and_zeros(dtype):
+    # The chunk carries multiply a state by m^1024, which underflows (m = 0.4) or overflows
+    # (m = 2) in fp32 and fp64 although no single step does: an infinite state must stay infinite and a zero one
+    # zero, as the step-by-step recurrence keeps them, not turn into NaN through 0 * inf.
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(9000, 3, generator=gen, dtype=torch.float64).to(dtype)
+    x[0, 0], x[5000, 1] = float("inf"), -float("inf")
+    initial = torch.tensor([1.0, float("inf"), -float("inf")], dtype=dtype)
+    for init in (None, initial):
+        y, want = tm(x, 0.4, 0, init), reference.temporal_momentum_loop(x, 0.4, 0, init)
+        assert torch.equal(y.isnan(), want.isnan()) and torch.equal(y.isinf(), want.isinf())
+        assert torch.equal(y.isinf() & (y > 0), want.isinf() & (want > 0))
+        assert want.isnan().any() == (init is not None)  # inf + -inf in lane 1 with an initial inf
+        finite = want.isfinite()
+        assert_close(y[finite], want[finite], 1e-5 if dtype == torch.float32 else 1e-12)
+    xg = torch.randn(9000, 2, generator=gen, dtype=dtype).requires_grad_()
+    grad_y = torch.zeros(9000, 2, dtype=dtype)
+    grad_y[-1] = float("inf")
+    (got,) = torch.autograd.grad(tm(xg, 0.4, 0), xg, grad_y)
+    (want,) = torch.autograd.grad(reference.temporal_momentum_loop(xg, 0.4, 0), xg, grad_y)
+    assert torch.equal(got.isinf(), want.isinf()) and not got.isnan().any()
+    zeros, m = torch.zeros(9000, 3, dtype=dtype), torch.full((3,), 2.0, dtype=dtype)
+    assert torch.equal(tm(zeros, m, 0), zeros)
+
+
 def test_many_lane_axes_fall_back_to_contiguous_copies():
     # x's axes are scrambled in memory while momentum and initial are laid out in x's axis order,
     # so the seven lane axes cannot collapse into six: the kernels run on contiguous copies.

@@ -172,6 +172,29 @@ def test_emulated_kernels_loop_over_a_capped_grid(emu, shape, dim, layout, sms, 
     assert_close(got[1], gx_ref, 2 * TOL[torch.float32])
 
 
+@pytest.mark.parametrize("shape,dim,layout,sms", [CASES[4][:4], CASES[5][:4], CASES[7][:4], CASES[8][:4]])
+def test_emulated_scans_keep_infinities(emu, shape, dim, layout, sms):
+    # The scans' composed maps and the chunk carries multiply states by m^n, which underflows to 0
+    # at m = 0.4 over a few hundred frames: an infinite state must stay infinite, as the
+    # step-by-step recurrence keeps it, not become NaN through 0 * inf.
+    gen = torch.Generator().manual_seed(zlib.crc32(repr(shape).encode()))
+    x = make_x(shape, dim, torch.float32, layout, gen)
+    first = [slice(None)] * len(shape)
+    first[dim] = 0
+    x[tuple(first)] = float("inf")  # frame 0 of every lane
+    y, plan = emu.forward(x, None, 0.4, dim, None, sms)
+    want = reference.temporal_momentum_loop(x, 0.4, dim)
+    assert torch.equal(y.isinf(), want.isinf()) and not y.isnan().any(), plan
+    last = [slice(None)] * len(shape)
+    last[dim] = -1
+    grad_y = torch.zeros(shape)
+    grad_y[tuple(last)] = float("inf")  # the backward's a is infinite from the last frame down
+    gx, _, _, bplan = emu.backward(grad_y, x, y, None, 0.4, dim, None, False, sms)
+    xg = x.detach().requires_grad_()
+    (want_gx,) = torch.autograd.grad(reference.temporal_momentum_loop(xg, 0.4, dim), xg, grad_y)
+    assert torch.equal(gx.isinf(), want_gx.isinf()) and not gx.isnan().any(), bplan
+
+
 def test_emulated_misaligned_vector_access_is_caught_by_the_plan(emu):
     # A storage offset of one element breaks 16-byte alignment: the plan must fall back to scalar access.
     x = torch.randn(4 * 64 + 1)[1:].view(4, 64)

@@ -220,6 +220,45 @@ def _lane_shape(m: torch.Tensor, slice_ndim: int) -> torch.Tensor:
     return m.reshape((1,) * (slice_ndim - m.dim()) + tuple(m.shape))
 
 
+def _zero_times_inf_kept(decay, state: torch.Tensor) -> torch.Tensor:
+    product = decay * state
+    decay = torch.as_tensor(decay, dtype=product.dtype, device=product.device)
+    zero_times_inf = product.isnan() & ~decay.isnan() & ~state.isnan()
+    kept = state * torch.copysign(torch.ones((), dtype=product.dtype, device=product.device), decay)
+    return torch.where(zero_times_inf, kept, product)
+
+
+class _DecayTimes(torch.autograd.Function):
+    """decay * state, where decay stands for n steps' momenta multiplied (m^n).
+
+    Over long runs m^n underflows to 0 (or, for m > 1, overflows to inf) although no step's factor
+    does: an infinite state times 0 (or a zero state times inf) would then be NaN where the n steps
+    keep the state infinite (or zero). Those elements get that state, with the product's sign (as
+    decay_times in csrc/temporal_momentum/temporal_momentum.h). The gradient to the state follows the
+    same rule (an infinite upstream gradient stays infinite through n steps), the one to decay is
+    the plain product's.
+    """
+
+    @staticmethod
+    def forward(ctx, decay, state):
+        ctx.save_for_backward(decay, state)
+        return _zero_times_inf_kept(decay.detach(), state.detach())
+
+    @staticmethod
+    def backward(ctx, grad):
+        decay, state = ctx.saved_tensors
+        grad_decay = (grad * state).sum_to_size(decay.shape) if ctx.needs_input_grad[0] else None
+        grad_state = _zero_times_inf_kept(decay, grad).sum_to_size(state.shape) if ctx.needs_input_grad[1] else None
+        return grad_decay, grad_state
+
+
+def _decay_times(decay, state: torch.Tensor) -> torch.Tensor:
+    """decay * state as _DecayTimes (decay: a tensor or a float)."""
+    if not isinstance(decay, torch.Tensor):
+        decay = torch.tensor(decay, dtype=state.dtype, device=state.device)
+    return _DecayTimes.apply(decay, state)
+
+
 class _CarryExchange(torch.autograd.Function):
     """carry_r = fold over earlier ranks of (D_q, e_q) from s; one all-gather forward, one backward."""
 
@@ -256,7 +295,7 @@ class _CarryExchange(torch.autograd.Function):
             if q >= rank:
                 break
             carries_before[q] = carry
-            carry = decay(q) * carry + ends[q]
+            carry = _decay_times(decay(q), carry) + ends[q]
 
         ctx.plan, ctx.lengths, ctx.first_rank = plan, lengths, first_rank
         ctx.carries_before = carries_before if (m_tensor is not None and m_tensor.requires_grad) else None
@@ -292,12 +331,12 @@ class _CarryExchange(torch.autograd.Function):
         grad_end = torch.zeros(slice_shape, dtype=acc, device=h.device)
         for q in range(world - 1, rank, -1):
             if lengths[q] > 0:
-                grad_end = grads_in[q] + decay(q) * grad_end
+                grad_end = grads_in[q] + _decay_times(decay(q), grad_end)
 
         needs = ctx.needs_input_grad
         grad_first = None
         if needs[1] and not plan.has_initial and rank == first_rank:
-            grad_first = h + decay(rank) * grad_end  # dL/ds, s = x_0: every rank's carry starts from it
+            grad_first = h + _decay_times(decay(rank), grad_end)  # dL/ds, s = x_0: every rank's carry starts from it
 
         earlier = [q for q in range(rank) if lengths[q] > 0]
         grad_initial = None
@@ -305,7 +344,7 @@ class _CarryExchange(torch.autograd.Function):
             scale = 1.0
             for q in earlier:
                 scale = scale * decay(q)
-            grad_initial = h * scale
+            grad_initial = _decay_times(scale, h)
 
         grad_m = None
         if needs[2] and m_tensor is not None:  # local contribution through the decays D_q = m^(L_q), q < r
@@ -431,7 +470,7 @@ def temporal_momentum(
         weights = torch.pow(m_value, exponents)
     else:
         weights = torch.pow(_lane_shape(m_tensor.to(acc), len(slice_shape)).unsqueeze(dim), exponents)
-    out = torch.addcmul(scanned, weights, carry.unsqueeze(dim))
+    out = scanned + _decay_times(weights, carry.unsqueeze(dim))
     # Momentum exactly 0 is exact: y = x, even where an earlier rank's carry is not finite (0 * inf = NaN).
     # Only where the formula differs from that (a non-finite carry), so that d/dm stays the formula's;
     # torch.where keeps the carry in the graph, so that backward's collective runs on every rank.

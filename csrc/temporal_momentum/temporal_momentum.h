@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cmath>
+
 #include "common/macros.h"
 
 namespace vidmem {
@@ -130,15 +132,27 @@ VIDMEM_HD ScanPair<acc_t> scan_identity() {
   return ScanPair<acc_t>{acc_t(1), acc_t(0)};
 }
 
+// decay * state, where decay stands for n steps' momenta multiplied (m^n for a constant m). Over
+// long runs it underflows to 0 (or, for m > 1, overflows to inf) although no step's factor did:
+// then an infinite state times 0 (or a zero state times inf) would give NaN where the n steps keep
+// the state infinite (or zero). It gives that state, with the product's sign. (A decay that is 0
+// because m = 0 also keeps an infinite state here; such lanes' outputs ignore the state.)
+template <typename acc_t>
+VIDMEM_HD acc_t decay_times(acc_t decay, acc_t state) {
+  const acc_t product = decay * state;
+  const bool zero_times_inf = product != product && decay == decay && state == state;
+  return zero_times_inf ? std::copysign(state, decay * std::copysign(acc_t(1), state)) : product;
+}
+
 // `earlier` applied first, then `later`.
 template <typename acc_t>
 VIDMEM_HD ScanPair<acc_t> scan_combine(const ScanPair<acc_t>& earlier, const ScanPair<acc_t>& later) {
-  return ScanPair<acc_t>{earlier.decay * later.decay, later.decay * earlier.value + later.value};
+  return ScanPair<acc_t>{earlier.decay * later.decay, decay_times(later.decay, earlier.value) + later.value};
 }
 
 template <typename acc_t>
 VIDMEM_HD acc_t scan_apply(const ScanPair<acc_t>& pair, acc_t state) {
-  return pair.decay * state + pair.value;
+  return decay_times(pair.decay, state) + pair.value;
 }
 
 // m^n by repeated squaring (the same rounding on host and device).
@@ -177,7 +191,7 @@ VIDMEM_HD acc_t forward_chunk_carry(const acc_t* aggregates, int64_t lanes, int6
   acc_t state = start;
   for (int64_t q = 0; q < chunk; ++q) {
     const acc_t decay = (q == 0 && reset_at_frame0) ? acc_t(0) : full_decay;
-    state = decay * state + aggregates[q * lanes + lane];
+    state = decay_times(decay, state) + aggregates[q * lanes + lane];
   }
   return state;
 }
@@ -189,7 +203,7 @@ VIDMEM_HD acc_t backward_chunk_carry(const acc_t* aggregates, int64_t lanes, int
                                      int64_t chunks, int64_t frames, int64_t chunk_len, acc_t m) {
   acc_t a = acc_t(0);
   for (int64_t q = chunks - 1; q > chunk; --q) {
-    a = int_power(m, chunk_length(frames, chunk_len, q)) * a + aggregates[q * lanes + lane];
+    a = decay_times(int_power(m, chunk_length(frames, chunk_len, q)), a) + aggregates[q * lanes + lane];
   }
   return a;
 }
