@@ -293,6 +293,30 @@ def test_torch_func_grad_jacrev_vmap():
         torch.testing.assert_close(per_item[i], torch.autograd.grad(loss(xi, m), xi)[0])
 
 
+@pytest.mark.parametrize("x_requires_grad", [False, True])
+def test_forward_mode_ad_carries_tangents(x_requires_grad):
+    # torch.autograd.forward_ad: the tangent of the output must be the directional derivative (the
+    # kernels implement no jvp: the op runs the reference then), never silently dropped.
+    import torch.autograd.forward_ad as fwAD
+
+    gen = torch.Generator().manual_seed(10)
+    x, m, initial = (torch.randn(s, dtype=torch.float64, generator=gen) for s in ((6, 3), (3,), (3,)))
+    tx, tmom, ti = (torch.randn_like(t) for t in (x, m, initial))
+    m = m.sigmoid()
+
+    def f(x, m, initial):
+        return tm(x, m, 0, initial)
+
+    _, want = torch.func.jvp(f, (x, m, initial), (tx, tmom, ti))
+    _, want_x_only = torch.func.jvp(lambda x: tm(x, 0.6), (x,), (tx,))
+    with fwAD.dual_level():
+        xd = fwAD.make_dual(x.clone().requires_grad_(x_requires_grad), tx)
+        got = fwAD.unpack_dual(f(xd, fwAD.make_dual(m, tmom), fwAD.make_dual(initial, ti))).tangent
+        got_x_only = fwAD.unpack_dual(tm(xd, 0.6)).tangent
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_x_only, want_x_only)
+
+
 # --------------------------------------------------------------------------- items 8 and 9: meta and empty
 
 

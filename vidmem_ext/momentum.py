@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 from . import _backend, _checks, reference
 
@@ -62,6 +63,14 @@ def _under_func_transform() -> bool:
     return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
 
 
+def _has_tangent(*tensors) -> bool:
+    """True inside torch.autograd.forward_ad.dual_level when an input carries a tangent (forward-mode AD,
+    which the ops' registered autograd does not implement: the kernels would drop the tangent)."""
+    if torch.compiler.is_compiling() or _forward_ad._current_level < 0:
+        return False
+    return any(isinstance(t, torch.Tensor) and _forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
 def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: torch.Tensor | None = None):
     """Exponential moving average of `x` over its frame axis `dim`.
 
@@ -93,6 +102,7 @@ def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: tor
         and not (x.requires_grad and torch.is_grad_enabled())
         and not torch.compiler.is_compiling()
         and not torch._C._are_functorch_transforms_active()
+        and _forward_ad._current_level < 0
     ):
         # Straight to the kernel, as _eager_call does: the full checks below cost about 2.3 us of a
         # 7 us call (measured on a tiny tensor; a 5 MB clone takes 30-80 us).
@@ -101,9 +111,10 @@ def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: tor
     dim, _, m_tensor, m_value = check_args(x, momentum, dim, initial)
     if m_tensor is not None:  # the kernels read momentum in the accumulation dtype
         m_tensor, m_value = m_tensor.to(_checks.acc_dtype(x.dtype)), 0.0
-    if _under_func_transform():
-        # torch.func (grad, jacrev, vmap, ...) cannot see through the ops' registered autograd; the
-        # reference is plain PyTorch and composes with every transform (same values, slower).
+    if _under_func_transform() or _has_tangent(x, m_tensor, initial):
+        # torch.func (grad, jacrev, vmap, ...) and forward-mode AD cannot see through the ops'
+        # registered autograd; the reference is plain PyTorch and composes with every transform
+        # (same values, slower).
         return reference.temporal_momentum_loop(x, m_tensor if m_tensor is not None else m_value, dim, initial)
     if _backend.use_kernel("temporal_momentum", x.device):
         if torch.compiler.is_compiling():  # traced: the registered op, its fake kernel and its autograd
