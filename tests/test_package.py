@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 import vidmem_ext
@@ -55,6 +56,28 @@ def test_import_without_compiled_part():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_importing_after_torch_registers_the_ops_and_token_budget_needs_no_torch():
+    code = textwrap.dedent(
+        """
+        import torch, vidmem_ext
+        names = ("temporal_momentum", "temporal_momentum_backward", "dependency_noise_fill_", "dependency_noise_step")
+        for name in names:
+            getattr(torch.ops.vidmem_ext, name)  # AttributeError if the import did not register it
+        x = torch.randn(4, 3)
+        torch.testing.assert_close(torch.ops.vidmem_ext.temporal_momentum(x, None, 0.5, 0, None),
+                                   vidmem_ext.reference.temporal_momentum_loop(x, 0.5, 0))
+        print("ok")
+        """
+    )
+    if not _backend.compiled():
+        pytest.skip("no compiled part, no ops to register (test_import_without_compiled_part covers that)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    code = "import sys, vidmem_ext.token_budget; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
 
 
 def test_lazy_attributes():

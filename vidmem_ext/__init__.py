@@ -9,12 +9,15 @@
 - distributed.temporal_momentum: temporal momentum of a video whose frames are split across torch.distributed ranks.
 
 Names are imported lazily so that `import vidmem_ext.token_budget` (standard
-library only) does not import torch.
+library only) does not import torch. When torch is imported already, `import vidmem_ext` registers
+the custom ops (torch.ops.vidmem_ext.*, their fake kernels and autograd) at once; otherwise the
+first use of an op's function does (or `import vidmem_ext.momentum, vidmem_ext.noise`).
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 
 from ._version import __version__
 
@@ -49,3 +52,8 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(set(globals()) | set(_LAZY))
+
+
+if "torch" in sys.modules:  # torch's import cost is paid: register the ops now (about 20 ms)
+    importlib.import_module(".momentum", __name__)
+    importlib.import_module(".noise", __name__)
