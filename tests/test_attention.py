@@ -123,7 +123,7 @@ def test_half_precision_runs_close_to_fp32():
 
 def test_bad_arguments_give_clear_errors():
     q, k, v = _qkv(6)
-    with pytest.raises(ValueError, match=r"batch 6 is not a multiple of num_frames 4"):
+    with pytest.raises(ValueError, match=r"num_frames 4 does not divide the batch 6"):
         temporal_momentum_attention(q, k, v, num_frames=4)
     with pytest.raises(TypeError, match="num_frames"):
         temporal_momentum_attention(q, k, v, num_frames=2.0)
@@ -248,7 +248,7 @@ def test_processor_errors_name_the_problem():
     attn, x = _attention(), torch.randn(6, 10, 32)
     with pytest.raises(RuntimeError, match="num_frames is not set"):
         _call(TemporalMomentumAttnProcessor(0.5), attn, x)
-    with pytest.raises(ValueError, match="batch 6 is not a multiple of num_frames 4"):
+    with pytest.raises(ValueError, match="num_frames 4 does not divide the batch 6"):
         _call(TemporalMomentumAttnProcessor(0.5, 4), attn, x)
     with pytest.raises(ValueError, match="momentum"):
         TemporalMomentumAttnProcessor(-0.1, 4)

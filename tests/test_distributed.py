@@ -280,6 +280,13 @@ def _bytes_cases(rank, world, group):
     got = [(e["direction"], e["sent_bytes"]) for e in log]
     expected = [("header", vdist.HEADER_BYTES), ("forward", 2 * slice_numel * 4)]  # half types carry fp32 states
     records.append({"kind": "bytes", "case": "fp16, no grad", "ok": got == expected, "detail": f"{got} vs {expected}"})
+
+    x = torch.randn(5, 4, 0)  # an empty frame slice: empty messages, the world size all the same
+    with torch.no_grad(), vdist.record_communication() as log:
+        vdist.temporal_momentum(x, 0.9, 0, group)
+    got = [(e["direction"], e["sent_bytes"], e["world_size"]) for e in log]
+    expected = [("header", vdist.HEADER_BYTES, world), ("forward", 0, world)]
+    records.append({"kind": "bytes", "case": "empty slice", "ok": got == expected, "detail": f"{got} vs {expected}"})
     return records
 
 
@@ -508,7 +515,7 @@ def test_inconsistent_arguments_raise_the_same_error_on_every_rank(group_results
 
 def test_communication_is_one_gather_each_way_independent_of_frames(group_results):
     world, results = group_results
-    _check(results, {"bytes"}, world * 2)
+    _check(results, {"bytes"}, world * 3)
 
 
 def test_local_argument_errors_need_no_group():
@@ -523,6 +530,8 @@ def test_local_argument_errors_need_no_group():
         vdist.temporal_momentum(x, 0.9, initial=torch.zeros(4))
     with pytest.raises(TypeError, match="floating"):
         vdist.temporal_momentum(x.long(), 0.9)
+    with pytest.raises(TypeError, match="group must be a torch.distributed.ProcessGroup or None, got Tensor"):
+        vdist.temporal_momentum(x, 0.9, 0, torch.zeros(3))  # initial passed fourth, as the single-process op takes it
     if not dist.is_initialized():
         with pytest.raises(RuntimeError, match="init_process_group"):
             vdist.temporal_momentum(x, 0.9)

@@ -93,7 +93,7 @@ def temporal_momentum_attention(
     batch = q.shape[0]
     if batch % num_frames != 0:
         raise ValueError(
-            f"batch {batch} is not a multiple of num_frames {num_frames}: "
+            f"num_frames {num_frames} does not divide the batch {batch}: "
             "q, k, v must hold videos * num_frames items with each video's frames contiguous"
         )
     if isinstance(momentum, torch.Tensor):

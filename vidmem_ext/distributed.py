@@ -105,7 +105,7 @@ def _all_gather(out: torch.Tensor, message: torch.Tensor, group, direction: str)
                 "direction": direction,
                 "sent_bytes": message.numel() * message.element_size(),
                 "gathered_bytes": out.numel() * out.element_size(),
-                "world_size": out.numel() // max(message.numel(), 1),
+                "world_size": dist.get_world_size(group),
             }
         )
 
@@ -372,9 +372,10 @@ def temporal_momentum(
 
     Every rank of the group calls this together, each with its contiguous block of
     frames in rank order; blocks may differ in length and may be empty. The result
-    on each rank is exactly the matching block of
+    on each rank is the matching block of
     ``vidmem_ext.temporal_momentum(cat(blocks, dim), momentum, dim, initial)``,
-    and so are the gradients.
+    and so are the gradients, to rounding (the carries compose m^n in another order;
+    momentum exactly 0 or 1 is exact).
 
     Args:
         x_local: this rank's frames, a floating tensor (fp16, bf16, fp32, fp64). The
@@ -418,6 +419,12 @@ def temporal_momentum(
         bad_arguments = None
     except (TypeError, ValueError, IndexError) as exc:
         bad_arguments = exc
+    if group is not None and not (dist.is_available() and isinstance(group, dist.ProcessGroup)):
+        # e.g. `initial` passed fourth, as the single-process op takes it (here it is keyword-only)
+        raise TypeError(
+            f"group must be a torch.distributed.ProcessGroup or None, got {type(group).__name__}; "
+            "pass initial by keyword (initial=...)"
+        )
     if not dist.is_available() or not dist.is_initialized():
         if bad_arguments is not None:
             raise bad_arguments
