@@ -495,8 +495,8 @@ def test_default_dtype_and_empty_results():
         ({"shape": 4}, TypeError, "shape"),
         ({"shape": (2, -1)}, ValueError, "shape"),
         ({"frame_dim": 0}, ValueError, "frame_dim"),
-        ({"frame_dim": 3}, ValueError, "frame_dim"),
-        ({"frame_dim": -4}, ValueError, "frame_dim"),
+        ({"frame_dim": 3}, IndexError, "frame_dim"),
+        ({"frame_dim": -4}, IndexError, "frame_dim"),
         ({"frame_dim": 1.0}, TypeError, "frame_dim"),
         ({"seed": 1, "generator": torch.Generator()}, ValueError, "either generator or seed"),
         ({"seed": 1.5}, TypeError, "seed"),
@@ -562,13 +562,12 @@ def test_fallback_runs_the_reference(monkeypatch):
         vidmem_ext.dependency_noise_step(prev, candidates, 0.5), reference.dependency_noise_step(prev, candidates, 0.5)
     ):
         assert torch.equal(got, ref)
-    # an empty batch gives empty outputs, as the kernel does
-    for dtype in (torch.float16, torch.float32, torch.float64):
-        got = vidmem_ext.dependency_noise_step(torch.randn(0, 3).to(dtype), torch.randn(2, 0, 3).to(dtype), 0.5)
-        want = torch.ops.vidmem_ext.dependency_noise_step(
-            torch.randn(0, 3).to(dtype), torch.randn(2, 0, 3).to(dtype), 0.5, 15
-        )
-        assert [(t.shape, t.dtype) for t in got] == [(t.shape, t.dtype) for t in want]
+    # an empty batch gives empty outputs, as the kernel does (autograd connected likewise)
+    for dtype, requires_grad in ((torch.float16, False), (torch.float32, True), (torch.float64, False)):
+        prev = torch.randn(0, 3).to(dtype).requires_grad_(requires_grad)
+        got = vidmem_ext.dependency_noise_step(prev, torch.randn(2, 0, 3).to(dtype), 0.5)
+        want = torch.ops.vidmem_ext.dependency_noise_step(prev, torch.randn(2, 0, 3).to(dtype), 0.5, 15)
+        assert [(t.shape, t.dtype, t.requires_grad) for t in got] == [(t.shape, t.dtype, t.requires_grad) for t in want]
 
 
 # --------------------------------------------------------------------------- memory
