@@ -381,6 +381,19 @@ def _infinity_cases(rank, world, group):
         name = "tensor" if isinstance(m, torch.Tensor) else "float"
         detail = f"{y.isnan().sum().item()} NaN outputs, {gx.isnan().sum().item()} NaN gradients"
         records.append({"kind": "match", "case": f"infinities, {name} momentum", "ok": ok, "detail": detail})
+    # Momentum 0 is exact backward too: an infinite gradient stays in its frame (no 0 * inf through carries).
+    x = torch.randn(3 * world, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    grad_y = torch.zeros(3 * world, 3, dtype=torch.float64)
+    grad_y[-2, 0] = float("inf")
+    for m in (0.0, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, requires_grad=True)):
+        xs = x.clone().requires_grad_()
+        (want,) = torch.autograd.grad(vidmem_ext.temporal_momentum(xs, m, 0), xs, grad_y)
+        xl = x.narrow(0, 3 * rank, 3).clone().requires_grad_()
+        (got,) = torch.autograd.grad(vdist.temporal_momentum(xl, m, 0, group), xl, grad_y.narrow(0, 3 * rank, 3))
+        want = want.narrow(0, 3 * rank, 3)[:, 0]
+        ok = torch.equal(got[:, 0], want)
+        name = "tensor" if isinstance(m, torch.Tensor) else "float"
+        records.append({"kind": "match", "case": f"momentum 0 gradient, {name}", "ok": ok, "detail": f"{got[:, 0]}"})
     return records
 
 
@@ -504,8 +517,8 @@ def _check(results, kinds, minimum):
 def test_forward_and_gradients_match_single_process(group_results):
     world, results = group_results
     # every split x every variant on every rank, plus fp32/fp16/momentum-only/no-grad, 3 exact-edge cases,
-    # 2 infinity cases (+ subgroup for world 3)
-    _check(results, {"match", "crash"}, world * (len(SPLITS[world]) * len(VARIANTS) + 10))
+    # 4 infinity cases (+ subgroup for world 3)
+    _check(results, {"match", "crash"}, world * (len(SPLITS[world]) * len(VARIANTS) + 12))
 
 
 def test_inconsistent_arguments_raise_the_same_error_on_every_rank(group_results):

@@ -193,6 +193,12 @@ def test_emulated_scans_keep_infinities(emu, shape, dim, layout, sms):
     xg = x.detach().requires_grad_()
     (want_gx,) = torch.autograd.grad(reference.temporal_momentum_loop(xg, 0.4, dim), xg, grad_y)
     assert torch.equal(gx.isinf(), want_gx.isinf()) and not gx.isnan().any(), bplan
+    # A momentum tensor above 1 on zeros: m^n overflows where frame 0's reset has decay 0; the
+    # composed decay must stay 0 (the reset discards the state), not 0 * inf = NaN.
+    zeros = torch.zeros_like(x)
+    m = torch.full([s for d, s in enumerate(shape) if d != dim % len(shape)], 2.0)
+    y, plan = emu.forward(zeros, m, 0.0, dim, None, sms)
+    assert torch.equal(y, zeros), plan
 
 
 def test_emulated_misaligned_vector_access_is_caught_by_the_plan(emu):

@@ -220,43 +220,42 @@ def _lane_shape(m: torch.Tensor, slice_ndim: int) -> torch.Tensor:
     return m.reshape((1,) * (slice_ndim - m.dim()) + tuple(m.shape))
 
 
-def _zero_times_inf_kept(decay, state: torch.Tensor) -> torch.Tensor:
-    product = decay * state
-    decay = torch.as_tensor(decay, dtype=product.dtype, device=product.device)
-    zero_times_inf = product.isnan() & ~decay.isnan() & ~state.isnan()
-    kept = state * torch.copysign(torch.ones((), dtype=product.dtype, device=product.device), decay)
-    return torch.where(zero_times_inf, kept, product)
+def _clamped_decay(decay, m_zero: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """decay = m^n (a tensor or a float) with a product that under- or overflowed for a nonzero m
+    replaced by the smallest subnormal or the largest finite number of like's dtype: times an infinite
+    (or zero) state it then keeps that state, as n frame-by-frame steps do, instead of 0 * inf = NaN
+    (as decay_times in csrc/temporal_momentum/temporal_momentum.h). m = 0 keeps its exact 0."""
+    info = torch.finfo(like.dtype)
+    decay = torch.as_tensor(decay, dtype=like.dtype, device=like.device)
+    decay = torch.where((decay == 0) & ~m_zero, info.tiny * info.eps, decay)
+    return torch.where(decay.isinf(), torch.copysign(torch.as_tensor(info.max, dtype=like.dtype), decay), decay)
 
 
-class _DecayTimes(torch.autograd.Function):
-    """decay * state, where decay stands for n steps' momenta multiplied (m^n).
+def _times_decay(decay, state: torch.Tensor, m_zero: torch.Tensor) -> torch.Tensor:
+    """decay * state as _clamped_decay keeps it, and exactly 0 in lanes of momentum 0 (which ignore
+    carries: their gradients must not pick up 0 * inf)."""
+    product = _clamped_decay(decay, m_zero, state) * state
+    return torch.where(m_zero, torch.zeros((), dtype=state.dtype, device=state.device), product)
 
-    Over long runs m^n underflows to 0 (or, for m > 1, overflows to inf) although no step's factor
-    does: an infinite state times 0 (or a zero state times inf) would then be NaN where the n steps
-    keep the state infinite (or zero). Those elements get that state, with the product's sign (as
-    decay_times in csrc/temporal_momentum/temporal_momentum.h). The gradient to the state follows the
-    same rule (an infinite upstream gradient stays infinite through n steps), the one to decay is
-    the plain product's.
-    """
+
+class _NoGradAtZeroMomentum(torch.autograd.Function):
+    """The carry, unchanged; its gradient is 0 in lanes of momentum 0, whose outputs do not depend on it
+    (the formula's m^(t+1) = 0 times an infinite gradient would be NaN)."""
 
     @staticmethod
-    def forward(ctx, decay, state):
-        ctx.save_for_backward(decay, state)
-        return _zero_times_inf_kept(decay.detach(), state.detach())
+    def forward(ctx, carry, m_zero):
+        ctx.save_for_backward(m_zero)
+        return carry.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        decay, state = ctx.saved_tensors
-        grad_decay = (grad * state).sum_to_size(decay.shape) if ctx.needs_input_grad[0] else None
-        grad_state = _zero_times_inf_kept(decay, grad).sum_to_size(state.shape) if ctx.needs_input_grad[1] else None
-        return grad_decay, grad_state
+        (m_zero,) = ctx.saved_tensors
+        return torch.where(m_zero, torch.zeros((), dtype=grad.dtype, device=grad.device), grad), None
 
 
-def _decay_times(decay, state: torch.Tensor) -> torch.Tensor:
-    """decay * state as _DecayTimes (decay: a tensor or a float)."""
-    if not isinstance(decay, torch.Tensor):
-        decay = torch.tensor(decay, dtype=state.dtype, device=state.device)
-    return _DecayTimes.apply(decay, state)
+def _zero_momentum(m, m_value: float, device) -> torch.Tensor:
+    """Where momentum is exactly 0: per lane for a tensor m (lane-shaped), else one flag."""
+    return (m == 0) if m is not None else torch.tensor(m_value == 0.0, device=device)
 
 
 class _CarryExchange(torch.autograd.Function):
@@ -284,6 +283,7 @@ class _CarryExchange(torch.autograd.Function):
         def decay(q):  # D_q = m^(L_q), per lane or a float
             return plan.m_value ** lengths[q] if m is None else m ** lengths[q]
 
+        m_zero = _zero_momentum(m, plan.m_value, device)
         if plan.has_initial:
             carry = initial.detach().to(acc)
         elif first_rank is not None:
@@ -295,7 +295,7 @@ class _CarryExchange(torch.autograd.Function):
             if q >= rank:
                 break
             carries_before[q] = carry
-            carry = _decay_times(decay(q), carry) + ends[q]
+            carry = _times_decay(decay(q), carry, m_zero) + ends[q]
 
         ctx.plan, ctx.lengths, ctx.first_rank = plan, lengths, first_rank
         ctx.carries_before = carries_before if (m_tensor is not None and m_tensor.requires_grad) else None
@@ -328,23 +328,25 @@ class _CarryExchange(torch.autograd.Function):
         grads_in = gathered.view(world, *slice_shape)
 
         # dL/de_r = sum over later ranks r' of h_r' * prod_(r < p < r') D_p (a reverse fold; empty ranks are identity).
+        m_zero = _zero_momentum(m, plan.m_value, h.device)
         grad_end = torch.zeros(slice_shape, dtype=acc, device=h.device)
         for q in range(world - 1, rank, -1):
             if lengths[q] > 0:
-                grad_end = grads_in[q] + _decay_times(decay(q), grad_end)
+                grad_end = grads_in[q] + _times_decay(decay(q), grad_end, m_zero)
 
         needs = ctx.needs_input_grad
         grad_first = None
         if needs[1] and not plan.has_initial and rank == first_rank:
-            grad_first = h + _decay_times(decay(rank), grad_end)  # dL/ds, s = x_0: every rank's carry starts from it
+            grad_first = h + _times_decay(
+                decay(rank), grad_end, m_zero
+            )  # dL/ds, s = x_0: every rank's carry starts from it
 
         earlier = [q for q in range(rank) if lengths[q] > 0]
         grad_initial = None
         if needs[3] and plan.has_initial:  # local contribution: h_r * prod_(p < r) D_p
-            scale = 1.0
+            grad_initial = h
             for q in earlier:
-                scale = scale * decay(q)
-            grad_initial = _decay_times(scale, h)
+                grad_initial = _times_decay(decay(q), grad_initial, m_zero)
 
         grad_m = None
         if needs[2] and m_tensor is not None:  # local contribution through the decays D_q = m^(L_q), q < r
@@ -477,13 +479,16 @@ def temporal_momentum(
         weights = torch.pow(m_value, exponents)
     else:
         weights = torch.pow(_lane_shape(m_tensor.to(acc), len(slice_shape)).unsqueeze(dim), exponents)
-    out = scanned + _decay_times(weights, carry.unsqueeze(dim))
+    m_zero = _zero_momentum(
+        None if m_tensor is None else _lane_shape(m_tensor.detach(), len(slice_shape)), m_value, x.device
+    )
+    zero_lanes = m_zero.unsqueeze(dim) if m_zero.dim() else m_zero
+    # weights that underflowed keep an infinite carry infinite (and its gradient); lanes of momentum 0
+    # pass the carry no gradient (0 * an infinite gradient would be NaN).
+    carry = _NoGradAtZeroMomentum.apply(carry, m_zero)
+    out = torch.addcmul(scanned, _clamped_decay(weights, zero_lanes, weights), carry.unsqueeze(dim))
     # Momentum exactly 0 is exact: y = x, even where an earlier rank's carry is not finite (0 * inf = NaN).
     # Only where the formula differs from that (a non-finite carry), so that d/dm stays the formula's;
     # torch.where keeps the carry in the graph, so that backward's collective runs on every rank.
-    if m_tensor is None:
-        zero_lanes = torch.full((), m_value == 0.0, device=x.device)
-    else:
-        zero_lanes = _lane_shape(m_tensor.detach(), len(slice_shape)).unsqueeze(dim) == 0
     out = torch.where(zero_lanes & (out.detach() != scanned.detach()), scanned, out)
     return out.to(x.dtype)

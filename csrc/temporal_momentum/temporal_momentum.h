@@ -144,10 +144,19 @@ VIDMEM_HD acc_t decay_times(acc_t decay, acc_t state) {
   return zero_times_inf ? std::copysign(state, decay * std::copysign(acc_t(1), state)) : product;
 }
 
+// The decay of two runs in turn. A 0 (frame 0's reset, or m = 0) times an overflowed m^n (m > 1)
+// is 0: the reset discards the state whatever follows, where the product would be NaN.
+template <typename acc_t>
+VIDMEM_HD acc_t decay_product(acc_t earlier, acc_t later) {
+  const acc_t product = earlier * later;
+  return product != product && earlier == earlier && later == later ? acc_t(0) : product;
+}
+
 // `earlier` applied first, then `later`.
 template <typename acc_t>
 VIDMEM_HD ScanPair<acc_t> scan_combine(const ScanPair<acc_t>& earlier, const ScanPair<acc_t>& later) {
-  return ScanPair<acc_t>{earlier.decay * later.decay, decay_times(later.decay, earlier.value) + later.value};
+  return ScanPair<acc_t>{decay_product(earlier.decay, later.decay),
+                         decay_times(later.decay, earlier.value) + later.value};
 }
 
 template <typename acc_t>
