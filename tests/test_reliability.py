@@ -315,6 +315,19 @@ def test_forward_mode_ad_carries_tangents(x_requires_grad):
         got_x_only = fwAD.unpack_dual(tm(xd, 0.6)).tangent
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(got_x_only, want_x_only)
+    # forward-over-reverse: the tangent of a gradient (a Hessian-vector product)
+    g, tg = torch.randn_like(x), torch.randn_like(x)
+    with fwAD.dual_level():
+        xs = x.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(tm(xs, 0.7), xs, fwAD.make_dual(g, tg), create_graph=True)
+        got = fwAD.unpack_dual(grad).tangent
+    with fwAD.dual_level():
+        xs = x.clone().requires_grad_()
+        ref = vidmem_ext.reference.temporal_momentum_loop(xs, 0.7, 0)
+        (grad,) = torch.autograd.grad(ref, xs, fwAD.make_dual(g, tg), create_graph=True)
+        want = fwAD.unpack_dual(grad).tangent
+    assert got is not None
+    torch.testing.assert_close(got, want)
 
 
 # --------------------------------------------------------------------------- items 8 and 9: meta and empty

@@ -63,12 +63,16 @@ def _under_func_transform() -> bool:
     return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
 
 
-def _has_tangent(*tensors) -> bool:
-    """True inside torch.autograd.forward_ad.dual_level when an input carries a tangent (forward-mode AD,
-    which the ops' registered autograd does not implement: the kernels would drop the tangent)."""
+def _forward_ad_needs_reference(*tensors) -> bool:
+    """True inside torch.autograd.forward_ad.dual_level when an input carries a tangent, or when the call
+    records a graph whose backward may be given one (forward-over-reverse): forward-mode AD, which the
+    ops' registered autograd does not implement (the kernels would drop the tangent)."""
     if torch.compiler.is_compiling() or _forward_ad._current_level < 0:
         return False
-    return any(isinstance(t, torch.Tensor) and _forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return True
+    return any(_forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
 def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: torch.Tensor | None = None):
@@ -111,7 +115,7 @@ def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: tor
     dim, _, m_tensor, m_value = check_args(x, momentum, dim, initial)
     if m_tensor is not None:  # the kernels read momentum in the accumulation dtype
         m_tensor, m_value = m_tensor.to(_checks.acc_dtype(x.dtype)), 0.0
-    if _under_func_transform() or _has_tangent(x, m_tensor, initial):
+    if _under_func_transform() or _forward_ad_needs_reference(x, m_tensor, initial):
         # torch.func (grad, jacrev, vmap, ...) and forward-mode AD cannot see through the ops'
         # registered autograd; the reference is plain PyTorch and composes with every transform
         # (same values, slower).

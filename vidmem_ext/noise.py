@@ -216,8 +216,8 @@ def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i
         return torch.ops.vidmem_ext.dependency_noise_step(prev, candidates, lambda_i, linear_search_times)
     if prev.shape[0] == 0:  # as the kernel: empty outputs (the reference cannot reshape an empty batch)
         acc = torch.float64 if prev.dtype == torch.float64 else torch.float32
-        return (torch.empty_like(prev), torch.empty(0, dtype=acc, device=prev.device),
-                torch.empty(0, dtype=torch.int64, device=prev.device))  # fmt: skip
+        connected = prev.sum() + candidates.sum()  # 0, in the graph of the inputs that require grad
+        return (prev + connected, connected.to(acc).expand(0), torch.empty(0, dtype=torch.int64, device=prev.device))
     return reference.dependency_noise_step(prev, candidates, lambda_i, linear_search_times)
 
 
