@@ -381,6 +381,10 @@ def _infinity_cases(rank, world, group):
         name = "tensor" if isinstance(m, torch.Tensor) else "float"
         detail = f"{y.isnan().sum().item()} NaN outputs, {gx.isnan().sum().item()} NaN gradients"
         records.append({"kind": "match", "case": f"infinities, {name} momentum", "ok": ok, "detail": detail})
+    # A momentum that rounds to 0 in fp32 (the accumulation dtype) is momentum 0, as the kernels read it.
+    y = vdist.temporal_momentum(x.narrow(0, start, length), 1e-50, 0, group)
+    ok = torch.equal(y, x.narrow(0, start, length))
+    records.append({"kind": "match", "case": "momentum 1e-50 in fp32", "ok": ok, "detail": f"{y.flatten()[:6]}"})
     # Momentum 0 is exact backward too: an infinite gradient stays in its frame (no 0 * inf through carries).
     x = torch.randn(3 * world, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     grad_y = torch.zeros(3 * world, 3, dtype=torch.float64)
@@ -517,8 +521,8 @@ def _check(results, kinds, minimum):
 def test_forward_and_gradients_match_single_process(group_results):
     world, results = group_results
     # every split x every variant on every rank, plus fp32/fp16/momentum-only/no-grad, 3 exact-edge cases,
-    # 4 infinity cases (+ subgroup for world 3)
-    _check(results, {"match", "crash"}, world * (len(SPLITS[world]) * len(VARIANTS) + 12))
+    # 5 infinity cases (+ subgroup for world 3)
+    _check(results, {"match", "crash"}, world * (len(SPLITS[world]) * len(VARIANTS) + 13))
 
 
 def test_inconsistent_arguments_raise_the_same_error_on_every_rank(group_results):

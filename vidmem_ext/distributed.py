@@ -253,9 +253,10 @@ class _NoGradAtZeroMomentum(torch.autograd.Function):
         return torch.where(m_zero, torch.zeros((), dtype=grad.dtype, device=grad.device), grad), None
 
 
-def _zero_momentum(m, m_value: float, device) -> torch.Tensor:
-    """Where momentum is exactly 0: per lane for a tensor m (lane-shaped), else one flag."""
-    return (m == 0) if m is not None else torch.tensor(m_value == 0.0, device=device)
+def _zero_momentum(m, m_value: float, acc: torch.dtype, device) -> torch.Tensor:
+    """Where momentum, rounded to the accumulation dtype as the kernels read it, is exactly 0: per lane
+    for a tensor m (lane-shaped), else one flag."""
+    return (m.to(acc) == 0) if m is not None else (torch.tensor(m_value, dtype=acc, device=device) == 0)
 
 
 class _CarryExchange(torch.autograd.Function):
@@ -283,7 +284,7 @@ class _CarryExchange(torch.autograd.Function):
         def decay(q):  # D_q = m^(L_q), per lane or a float
             return plan.m_value ** lengths[q] if m is None else m ** lengths[q]
 
-        m_zero = _zero_momentum(m, plan.m_value, device)
+        m_zero = _zero_momentum(m, plan.m_value, acc, device)
         if plan.has_initial:
             carry = initial.detach().to(acc)
         elif first_rank is not None:
@@ -328,7 +329,7 @@ class _CarryExchange(torch.autograd.Function):
         grads_in = gathered.view(world, *slice_shape)
 
         # dL/de_r = sum over later ranks r' of h_r' * prod_(r < p < r') D_p (a reverse fold; empty ranks are identity).
-        m_zero = _zero_momentum(m, plan.m_value, h.device)
+        m_zero = _zero_momentum(m, plan.m_value, acc, h.device)
         grad_end = torch.zeros(slice_shape, dtype=acc, device=h.device)
         for q in range(world - 1, rank, -1):
             if lengths[q] > 0:
@@ -480,7 +481,7 @@ def temporal_momentum(
     else:
         weights = torch.pow(_lane_shape(m_tensor.to(acc), len(slice_shape)).unsqueeze(dim), exponents)
     m_zero = _zero_momentum(
-        None if m_tensor is None else _lane_shape(m_tensor.detach(), len(slice_shape)), m_value, x.device
+        None if m_tensor is None else _lane_shape(m_tensor.detach(), len(slice_shape)), m_value, acc, x.device
     )
     zero_lanes = m_zero.unsqueeze(dim) if m_zero.dim() else m_zero
     # weights that underflowed keep an infinite carry infinite (and its gradient); lanes of momentum 0
