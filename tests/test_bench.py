@@ -105,6 +105,8 @@ def _usage_error(argv, capsys) -> str:
         (["--impls", "vidmem_ext", "--ops", "noise"], "--ops has no momentum"),
         (["--stem", ""], "--stem must be a plain file name"),
         (["--stem", "sub/x"], "--stem must be a plain file name"),
+        (["--stem", "a" * 260], "--stem is too long for a file name here"),
+        (["--dtypes", "float8_e4m3fn"], "unknown floating dtype"),
     ],
 )
 def test_bad_arguments_are_named(argv, message, tmp_path, capsys):
@@ -114,10 +116,15 @@ def test_bad_arguments_are_named(argv, message, tmp_path, capsys):
     assert not out.exists()  # checked before anything runs or is written
 
 
-@pytest.mark.parametrize("where", ["file", "under a file", "empty"])
+@pytest.mark.parametrize("where", ["file", "under a file", "empty", "long name"])
 def test_a_bad_out_folder_is_refused_before_the_run(where, tmp_path, capsys):
     (tmp_path / "f").write_text("x")
-    out = {"file": tmp_path / "f", "under a file": tmp_path / "f" / "sub", "empty": ""}[where]
+    out = {
+        "file": tmp_path / "f",
+        "under a file": tmp_path / "f" / "sub",
+        "empty": "",
+        "long name": tmp_path / ("b" * 300),
+    }[where]
     last = _usage_error(["--device", "cpu", "--ops", "noise", "--out", str(out)], capsys)
     assert "--out" in last
     assert sorted(os.listdir(tmp_path)) == ["f"] and (tmp_path / "f").read_text() == "x"

@@ -10,7 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vidmem_ext.token_budget import (
+    MAX_TEXT_DIGITS,
     MemoryTerm,
+    budget_table,
     multi_term_memory_patchification,
     parse_latent,
     parse_term,
@@ -127,6 +129,17 @@ def test_memory_term_stores_plain_ints():
 def test_text_forms_take_text_only(parse, name, text):
     with pytest.raises(TypeError, match=f"^{name} must be text"):
         parse(text)
+
+
+def test_text_numbers_are_bounded_so_tables_always_print():
+    big = "1" + "0" * (MAX_TEXT_DIGITS - 1)  # the largest allowed: the table's products still print
+    table = budget_table([parse_term(f"{big}:1:1:1")], *parse_latent(f"{big}x{big}"))
+    assert table.splitlines()[-1].split()[-2] == "1" + "0" * (3 * (MAX_TEXT_DIGITS - 1))
+    too_big = big + "0"
+    with pytest.raises(ValueError, match=f"term numbers must have at most {MAX_TEXT_DIGITS} digits"):
+        parse_term(f"{too_big}:1:1:1")
+    with pytest.raises(ValueError, match=f"latent numbers must have at most {MAX_TEXT_DIGITS} digits"):
+        parse_latent(f"4x{too_big}")
 
 
 def test_import_does_not_import_torch():

@@ -553,15 +553,31 @@ def train(out: str, config: TrainConfig | None = None, progress: bool = True) ->
 # ----------------------------------------------------------------------------------------------- command line
 
 
+def _existing_ancestor(path: str) -> str:
+    ancestor = os.path.abspath(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    return ancestor
+
+
+def name_max(path: str) -> int:
+    """The longest file name, in bytes, the filesystem that would hold folder `path` takes (255 if unknown)."""
+    try:
+        return os.pathconf(_existing_ancestor(path), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def check_out_dir(parser: argparse.ArgumentParser, path: str, flag: str = "--out") -> None:
     """parser.error (exit 2) unless `path` is, or can be made as, a writable folder; creates nothing."""
     if not path:
         parser.error(f"{flag} must not be empty")
     if os.path.exists(path) and not os.path.isdir(path):
         parser.error(f"{flag} {path}: exists and is not a folder")
-    ancestor = os.path.abspath(path)
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
+    longest = max(len(os.fsencode(part)) for part in os.path.abspath(path).split(os.sep))
+    if longest > name_max(path) or len(os.fsencode(os.path.abspath(path))) > 4000:
+        parser.error(f"{flag}: a folder name in {path[:80]!r}... is longer than this filesystem allows")
+    ancestor = _existing_ancestor(path)
     if not os.path.isdir(ancestor):
         parser.error(f"{flag} {path}: {ancestor} is a file, not a folder")
     try:  # os.access says yes to root everywhere; a file that vanishes on close asks the filesystem itself

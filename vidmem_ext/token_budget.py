@@ -129,11 +129,22 @@ FRAMEPACK_TERMS = ("16:4:4:2", "2:2:2:2", "2:1:1:2")
 FRAMEPACK_LATENT = "60x104"
 
 
+# Numbers in command-line text have at most this many digits: products of three of them stay within
+# the 4300 digits Python converts to text (sys.get_int_max_str_digits), so every table prints.
+MAX_TEXT_DIGITS = 1000
+
+
+def _check_digits(parts, what: str, text: str) -> None:
+    if any(len(p.strip().lstrip("+-")) > MAX_TEXT_DIGITS for p in parts):
+        raise ValueError(f"{what} numbers must have at most {MAX_TEXT_DIGITS} digits, got {len(text)} characters")
+
+
 def parse_term(text: str) -> MemoryTerm:
     """A term from "FRAMES:TSTRIDE:SSTRIDE:PATCH" (e.g. "16:4:4:2"); ValueError naming the text otherwise."""
     if not isinstance(text, str):
         raise TypeError(f"term must be text FRAMES:TSTRIDE:SSTRIDE:PATCH, got {type(text).__name__}")
     parts = text.split(":")
+    _check_digits(parts, "term", text)
     try:
         if len(parts) != 4:
             raise ValueError
@@ -150,6 +161,7 @@ def parse_latent(text: str) -> tuple[int, int]:
     """(height, width) from "HxW" (e.g. "60x104"), both >= 0; ValueError naming the text otherwise."""
     if not isinstance(text, str):
         raise TypeError(f"latent must be text HxW, got {type(text).__name__}")
+    _check_digits(text.lower().split("x"), "latent", text)
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:

@@ -48,7 +48,7 @@ def parse_dtypes(text: str | None):
     for name in text.split(","):
         full = DTYPE_NAMES.get(name.strip(), name.strip())
         dtype = getattr(torch, full, None)
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
             raise ValueError(f"--dtypes: unknown floating dtype {name!r} (use fp32, bf16, fp16, fp64)")
         out.append(dtype)
     return out
@@ -124,7 +124,7 @@ def median_rows(runs: list[list[dict]]) -> list[dict]:
 
 def _check_arguments(args, parser: argparse.ArgumentParser):
     """(ops, dtypes, impls) from args; any bad option is a usage error (exit 2) before anything runs or is written."""
-    from ..demo_model import check_out_dir
+    from ..demo_model import check_out_dir, name_max
     from .momentum import IMPLEMENTATIONS
 
     ops = [op.strip() for op in args.ops.split(",") if op.strip()]
@@ -155,6 +155,9 @@ def _check_arguments(args, parser: argparse.ArgumentParser):
     if not stem or stem in (".", "..") or "/" in stem or os.sep in stem or stem.startswith("."):
         parser.error(f"--stem must be a plain file name (no folder, not hidden), got {stem!r}")
     check_out_dir(parser, args.out)
+    longest = f"{stem}.json"  # and .md, .png
+    if len(os.fsencode(longest)) > name_max(args.out):
+        parser.error(f"--stem is too long for a file name here ({len(longest)} characters with .json)")
     return ops, dtypes, impls
 
 
