@@ -139,6 +139,7 @@ def _proc_is_unwritable():
         (["--lambda", "11"], r"--lambda must be in \[0, 10\]"),
         (["--device", "cpu"], "--device is for --model"),
         (["--model", "{tmp_with_index}", "--prompt", "x", "--device", "tpu"], "--device tpu: not a torch device"),
+        (["--model", "{tmp_with_index}", "--prompt", "x", "--device", "meta"], "--device meta: must be cpu or cuda"),
         (["--model", "{tmp_with_index}", "--prompt", "x", "--device", "cuda:99"], "no such CUDA device"),
         (["--steps", "0"], r"--steps must be in \[1, "),
         (["--steps", str(10**12)], r"--steps must be in \[1, "),

@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="dependency-noise lambda (default 0.1)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--device", default=None, help="torch device for --model (default: cuda if available)")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N], for --model (default: cuda if available)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -126,6 +126,8 @@ def _check_arguments(parser, args) -> None:
             device = torch.device(args.device)
         except (RuntimeError, TypeError) as exc:
             parser.error(f"--device {args.device}: not a torch device ({exc})")
+        if device.type not in ("cpu", "cuda"):  # the kernels and the diffusers pipelines run on these
+            parser.error(f"--device {args.device}: must be cpu or cuda")
         if device.type == "cuda" and not (
             torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
         ):
