@@ -191,6 +191,45 @@ def test_hooked_or_wrapped_projections_run_their_own_forward():
             packer(history)
 
 
+def test_frozen_packer_composes_with_torch_func_and_outside_tensors():
+    """A frozen packer (no parameter requires grad) writes its tokens with out= products, which record no
+    graph: forward-mode AD, vmap and a hook that brings a tensor requiring grad take the other path."""
+    torch.manual_seed(11)
+    packer = MultiTermMemoryPacker([term(2, 2, 2, 1), term(2, 1, 1, 1)], 2, 4, dtype=torch.float64)
+    packer.requires_grad_(False)
+    history, tangent = torch.randn(2, 1, 2, 4, 5, 6, dtype=torch.float64).unbind(0)
+
+    def tokens_of(h):
+        return packer(h)[0]
+
+    def reference_of(h):
+        return reference(packer, h)[0]
+
+    tokens, jvp = torch.func.jvp(tokens_of, (history,), (tangent,))
+    expected, expected_jvp = torch.func.jvp(reference_of, (history,), (tangent,))
+    assert_close_to(tokens, expected, torch.float64)
+    assert_close_to(jvp, expected_jvp, torch.float64)
+    assert jvp.abs().max() > 0
+    batched = torch.stack([history, tangent])
+    assert_close_to(torch.func.vmap(tokens_of)(batched), torch.func.vmap(reference_of)(batched), torch.float64)
+
+    scale = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    packer.projections[0].register_forward_hook(lambda module, args, out: out * scale)
+    tokens, _ = packer(history)
+    (grad,) = torch.autograd.grad(tokens.sum(), scale)
+    n0 = packer.token_counts(5, 6)[0]
+    torch.testing.assert_close(grad, expected[:, :n0].sum(), rtol=1e-12, atol=1e-12)
+
+
+def test_a_projection_of_the_wrong_shape_is_named():
+    """A Conv3d whose weight has as many elements as the right one but other channels must not be read as
+    the right one (its weight would reshape to (embed_dim, -1) and give wrong tokens)."""
+    packer = MultiTermMemoryPacker([term(2, 2, 2, 1), term(1)], 2, 4).requires_grad_(False)
+    packer.projections[0] = nn.Conv3d(4, 2, (2, 2, 2), stride=(2, 2, 2), bias=False)
+    with pytest.raises(RuntimeError, match=r"projections\[0\] failed on terms\[0\].*in_channels=2 to embed_dim=4"):
+        packer(torch.randn(1, 2, 3, 4, 4))
+
+
 def test_empty_and_zero_frame_terms():
     packer = MultiTermMemoryPacker([], 2, 3)
     tokens, positions = packer(torch.randn(4, 2, 0, 5, 5))
@@ -277,11 +316,18 @@ def test_bad_history_shape_states_expected_and_actual(shape, words):
         ((term(2), 4, 8), TypeError, "sequence"),
         (([term(2)], 0, 8), ValueError, "in_channels"),
         (([term(2)], 4, True), TypeError, "embed_dim"),
+        (([term(2)], 4, 8, {"bias": None}), TypeError, "bias must be a bool"),
+        (([term(2)], 4, 8, {"dtype": torch.int64}), TypeError, "dtype must be None or a floating"),
+        (([term(2)], 4, 8, {"dtype": "float32"}), TypeError, "dtype must be None or a floating"),
+        (([term(2)], 4, 8, {"device": "bogus"}), ValueError, "device must name a torch device"),
+        (([term(1, 10**30)], 4, 8), ValueError, "terms[0] needs a Conv3d weight of"),
+        (([term(1), term(1, 1, 2**20, 2**20)], 4, 8), ValueError, "terms[1] needs a Conv3d weight of"),
     ],
 )
 def test_bad_constructor_arguments(args, exc, words):
+    *args, kwargs = args if isinstance(args[-1], dict) else (*args, {})
     with pytest.raises(exc) as info:
-        MultiTermMemoryPacker(*args)
+        MultiTermMemoryPacker(*args, **kwargs)
     assert words in str(info.value)
 
 
@@ -476,6 +522,26 @@ def test_plan_edge_cases():
     assert plan_memory_terms(2, 4, 4, token_budget=8, recent_frames=5) == [MemoryTerm(2, 1, 1, 2)]  # all recent
     assert plan_memory_terms(8, 4, 4, token_budget=1, recent_frames=0, max_stride=8) == [MemoryTerm(8, 8, 8, 2)]
     assert plan_memory_terms(5, 0, 7, token_budget=0) == [MemoryTerm(5, 1, 1, 2)]  # empty latent: no tokens
+
+
+def test_plan_with_a_huge_max_stride_stops_at_the_level_that_covers_everything():
+    # levels coarser than the history and the latent all cost one token per term: the plan ends at the
+    # first of them, so max_stride = 2**80000 costs what max_stride = 64 does (no list of 80000 levels)
+    assert plan_memory_terms(1, 4, 4, 10, max_stride=2**80000) == [MemoryTerm(1, 1, 1, 2)]
+    huge = plan_memory_terms(40, 16, 16, 130, recent_frames=2, max_stride=2**80000)
+    assert huge == plan_memory_terms(40, 16, 16, 130, recent_frames=2, max_stride=64)
+    assert [t.temporal_stride for t in huge] == [32, 8, 1]
+    with pytest.raises(ValueError, match=r"needs at least \d+ tokens .* at max_stride 2\*\*80000,"):
+        plan_memory_terms(40, 16, 16, 1, recent_frames=2, max_stride=2**80000)
+
+
+def test_positions_of_an_impossible_latent_name_it():
+    from vidmem_ext.packer import memory_token_positions
+
+    with pytest.raises(ValueError, match="latent_h x latent_w"):
+        memory_token_positions([term(2)], 10**30, 1)
+    with pytest.raises(ValueError, match="latent_h x latent_w"):
+        memory_token_positions([term(2, 1, 1, 4)], 2**63, 4)
 
 
 @pytest.mark.parametrize(
@@ -765,7 +831,8 @@ def test_pooled_rope_matches_diffusers_framepack():
         pytest.skip(f"this diffusers has no HunyuanVideo FramePack transformer: {exc}")
     rope = framepack.HunyuanVideoFramepackRotaryPosEmbed(patch_size=2, patch_size_t=1, rope_dim=[4, 6, 6], theta=256.0)
     pad_and_pool = framepack.HunyuanVideoFramepackTransformer3DModel._pad_rotary_emb
-    for h, w in ((60, 104), (35, 46), (35, 45)):
+    # 45 and 57: the 2x term has a row or column of tokens past FramePack's pooled RoPE grid; 57 also the 4x term
+    for h, w in ((60, 104), (35, 46), (35, 45), (57, 60), (61, 57)):
         packer = MultiTermMemoryPacker(SMALL_FRAMEPACK_TERMS, 4, 8, framepack_compatible=True)
         indices = torch.arange(packer.num_frames) * 3 + 1
         theirs_cos, theirs_sin = [], []
@@ -781,13 +848,21 @@ def test_pooled_rope_matches_diffusers_framepack():
         full = rope(indices, h, w, device="cpu")
         grids = tuple(f.unflatten(0, (packer.num_frames, h // 2, w // 2)) for f in full)
         cos, sin = packer.pooled_rope(grids, h, w)
-        n4, n2, n1 = packer.token_counts(h, w)
-        if w % 4 == 1:  # FramePack's own 2x RoPE has a column fewer than its 2x tokens: compare what it has
-            gw = -(-w // 4)
-            keep = torch.ones(n4 + n2 + n1, dtype=torch.bool)
-            keep[n4 : n4 + n2] = (torch.arange(n2) % gw) < gw - 1
-            cos, sin = cos[keep], sin[keep]
-            assert torch.cat(theirs_cos).shape[0] == n4 + n2 + n1 - (n2 // gw) * 1 == cos.shape[0]
+        # Where a coarse term's tokens (ceil of the latent over s * 2) outnumber FramePack's pooled RoPE
+        # windows (ceil of the 1x grid over s) in rows or columns, FramePack's RoPE and tokens disagree:
+        # compare the tokens that FramePack has RoPE for.
+        keep = []
+        for t, n in zip(packer.terms, packer.token_counts(h, w)):
+            s = t.spatial_stride
+            rows, cols = (-(-size // (2 * s)) if s > 1 else size // 2 for size in (h, w))
+            rope_rows, rope_cols = -(-(h // 2) // s), -(-(w // 2) // s)
+            row, col = torch.arange(n) // cols % rows, torch.arange(n) % cols
+            keep.append((row < rope_rows) & (col < rope_cols))
+        keep = torch.cat(keep)
+        mismatched = (h, w) in ((35, 45), (57, 60), (61, 57))
+        assert bool(keep.all()) != mismatched, (h, w)
+        cos, sin = cos[keep], sin[keep]
+        assert torch.cat(theirs_cos).shape[0] == cos.shape[0]
         torch.testing.assert_close(cos, torch.cat(theirs_cos), atol=1e-6, rtol=0)
         torch.testing.assert_close(sin, torch.cat(theirs_sin), atol=1e-6, rtol=0)
 

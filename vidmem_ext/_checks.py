@@ -35,6 +35,15 @@ def acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def int_text(value: int) -> str:
+    """value in decimal, or as a power of two when it is too long for Python to print (over 4300 digits)."""
+    if value.bit_length() <= 4096:  # 1234 digits at most
+        return str(value)
+    k = abs(value).bit_length() - 1
+    sign = "-" if value < 0 else ""
+    return f"{sign}2**{k}" if abs(value) == 1 << k else f"{sign}2**{k} + {abs(value) - (1 << k)} (about)"
+
+
 def check_int(value, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
     """An integer (Python, numpy or 0-d integer tensor, anything with __index__) in [minimum, maximum]."""
     if isinstance(value, bool):
@@ -44,9 +53,9 @@ def check_int(value, name: str, minimum: int | None = None, maximum: int | None 
     except TypeError:
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
     if minimum is not None and result < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {result}")
+        raise ValueError(f"{name} must be >= {minimum}, got {int_text(result)}")
     if maximum is not None and result > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {result}")
+        raise ValueError(f"{name} must be <= {maximum}, got {int_text(result)}")
     return result
 
 
@@ -63,9 +72,9 @@ def check_real(
     if math.isnan(result) or (finite and math.isinf(result)):
         raise ValueError(f"{name} must be a finite number, got {result}")
     if minimum is not None and result < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {result}")
+        raise ValueError(f"{name} must be >= {minimum}, got {int_text(result)}")
     if maximum is not None and result > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {result}")
+        raise ValueError(f"{name} must be <= {maximum}, got {int_text(result)}")
     return result
 
 

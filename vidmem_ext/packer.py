@@ -22,8 +22,9 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import forward_ad as _forward_ad
 
-from ._checks import check_int
+from ._checks import check_int, int_text
 from .token_budget import MemoryTerm, check_latent, multi_term_memory_patchification, term_grid, validate_term
 
 __all__ = ["MultiTermMemoryPacker", "plan_memory_terms", "memory_term_kernel", "memory_token_positions"]
@@ -33,6 +34,16 @@ def memory_term_kernel(term: MemoryTerm) -> tuple[int, int, int]:
     """Kernel (= stride) of a term's Conv3d: (temporal_stride, spatial_stride*patch_size, same)."""
     k = term.spatial_stride * term.patch_size
     return term.temporal_stride, k, k
+
+
+_MAX_ELEMENTS = 2**62  # no tensor this many elements can be allocated; bigger sizes fail inside torch unnamed
+
+
+def _check_device(device) -> torch.device | None:
+    try:
+        return torch.device(device) if device is not None else None
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must name a torch device, got {device!r} ({exc})") from None
 
 
 def _as_terms(terms) -> tuple[MemoryTerm, ...]:
@@ -76,10 +87,10 @@ def memory_token_positions(
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         # an integer dtype would drop the half-pixel centres; a string would be read as a device
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    try:
-        device = torch.device(device) if device is not None else None
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must name a torch device, got {device!r} ({exc})") from None
+    device = _check_device(device)
+    total = sum(math.prod(_term_grid(term, h, w, framepack_compatible)) for term in terms)
+    if 3 * total >= _MAX_ELEMENTS:
+        raise ValueError(f"latent_h x latent_w = {h}x{w} gives {total} tokens: more than a tensor can hold")
     blocks = []
     first_frame = 0
     for term in terms:
@@ -119,11 +130,22 @@ def _windows(frames: torch.Tensor, kernel: tuple[int, int, int]) -> torch.Tensor
     return windows.reshape(batch, t * h * w, channels * kt * kh * kw)
 
 
-def _is_plain_conv3d(module: nn.Module, kernel: tuple[int, int, int]) -> bool:
+def _under_transform(*tensors: torch.Tensor) -> bool:
+    """True under forward-mode AD or with a tensor seen through a torch.func transform (vmap, jvp, grad),
+    which out= products cannot record. (torch.compile traces the transforms itself.)"""
+    if torch.compiler.is_compiling():
+        return False
+    return _forward_ad._current_level >= 0 or any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+def _is_plain_conv3d(module: nn.Module, kernel: tuple[int, int, int], in_channels: int, embed_dim: int) -> bool:
     """True when the matrix product with module's weight is exactly what calling it would do."""
     return (
         type(module) is nn.Conv3d
         and tuple(module.kernel_size) == tuple(module.stride) == kernel
+        # a weight of another shape could still reshape to (embed_dim, -1) and give wrong tokens silently
+        and tuple(module.weight.shape) == (embed_dim, in_channels, *kernel)
+        and (module.bias is None or tuple(module.bias.shape) == (embed_dim,))
         and tuple(module.padding) == (0, 0, 0)
         and tuple(module.dilation) == (1, 1, 1)
         and module.groups == 1
@@ -177,12 +199,23 @@ class MultiTermMemoryPacker(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        if not isinstance(framepack_compatible, bool):
-            raise TypeError(f"framepack_compatible must be a bool, got {type(framepack_compatible).__name__}")
+        for name, flag in (("bias", bias), ("framepack_compatible", framepack_compatible)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise TypeError(f"dtype must be None or a floating torch.dtype, got {dtype!r}")
+        device = _check_device(device)
         self.framepack_compatible = framepack_compatible
         self.terms = _as_terms(terms)
         self.in_channels = _check_positive(in_channels, "in_channels")
         self.embed_dim = _check_positive(embed_dim, "embed_dim")
+        for i, term in enumerate(self.terms):
+            weights = math.prod(memory_term_kernel(term)) * self.in_channels * self.embed_dim
+            if weights >= _MAX_ELEMENTS:
+                raise ValueError(
+                    f"terms[{i}] needs a Conv3d weight of {weights} elements (kernel {memory_term_kernel(term)}, "
+                    f"in_channels {self.in_channels}, embed_dim {self.embed_dim}): more than a tensor can hold"
+                )
         self.num_frames = sum(term.num_latent_frames for term in self.terms)
         self.projections = nn.ModuleList(
             nn.Conv3d(in_channels, embed_dim, kernel, stride=kernel, bias=bias, device=device, dtype=dtype)
@@ -313,7 +346,7 @@ class MultiTermMemoryPacker(nn.Module):
             if frame_axis is None or frame_axis.dtype == torch.bool or frame_axis.is_complex():
                 got = type(frame_indices).__name__ + ("" if frame_axis is None else f" of {frame_axis.dtype}")
                 raise TypeError(f"frame_indices must be a sequence or 1-D tensor of real numbers, got {got}")
-            frame_axis = frame_axis.to(torch.float64)
+            frame_axis = frame_axis.to("cpu", torch.float64)  # on the rows' and columns' device
             if frame_axis.shape != (frames,):
                 raise ValueError(
                     f"frame_indices must hold one index per history frame ({frames}), "
@@ -354,10 +387,20 @@ class MultiTermMemoryPacker(nn.Module):
         counts = self.token_counts(height, width)
         # Without autograd or autocast every term writes straight into one token buffer: no concat copy, so
         # inference peaks at about half the memory. Otherwise out-of-place products and one concat.
-        needs_graph = torch.is_grad_enabled() and (
-            history.requires_grad or any(p.requires_grad for p in self.parameters())
+        # The out= products record no graph, so they run only when nothing could need one: no autograd,
+        # no forward-mode AD or torch.func transform (invisible to requires_grad), no autocast, and every
+        # projection a plain Conv3d (a hooked or wrapped one may bring tensors that require grad).
+        params = list(self.parameters())
+        needs_graph = torch.is_grad_enabled() and (history.requires_grad or any(p.requires_grad for p in params))
+        direct = (
+            not needs_graph
+            and not torch.is_autocast_enabled(history.device.type)
+            and not _under_transform(history, *params)
+            and all(
+                _is_plain_conv3d(proj, memory_term_kernel(term), self.in_channels, self.embed_dim)
+                for term, proj in zip(self.terms, self.projections)
+            )
         )
-        direct = not needs_graph and not torch.is_autocast_enabled(history.device.type)
         tokens = history.new_empty(batch, sum(counts), self.embed_dim) if direct else None
         pieces = []
         first_frame = first_token = 0
@@ -380,8 +423,17 @@ class MultiTermMemoryPacker(nn.Module):
         if _floors(term, self.framepack_compatible):  # FramePack's unpadded 1x Conv3d: drop the remainder
             _, kh, kw = kernel
             frames = frames[..., : frames.shape[3] // kh * kh, : frames.shape[4] // kw * kw]
-        if not _is_plain_conv3d(proj, kernel):  # e.g. a LoRA wrapper or a hooked module: run its own forward
-            embedded = proj(_pad_to_kernel(frames, kernel)).flatten(2).transpose(1, 2)
+        if not _is_plain_conv3d(proj, kernel, self.in_channels, self.embed_dim):
+            # e.g. a LoRA wrapper or a hooked module: run its own forward
+            try:
+                embedded = proj(_pad_to_kernel(frames, kernel))
+            except RuntimeError as exc:
+                raise RuntimeError(
+                    f"projections[{index}] failed on terms[{index}] (frames {tuple(frames.shape)}): it must act as "
+                    f"a Conv3d from in_channels={self.in_channels} to embed_dim={self.embed_dim} with kernel = "
+                    f"stride = {kernel} and no padding: {exc}"
+                ) from exc
+            embedded = embedded.flatten(2).transpose(1, 2)
             expected = (frames.shape[0], count, self.embed_dim)
             if embedded.shape != expected:
                 raise RuntimeError(
@@ -497,7 +549,13 @@ def plan_memory_terms(
     if coarsest & (coarsest - 1):
         raise ValueError(f"max_stride must be a power of two (strides double per level), got {coarsest}")
 
-    strides = [1 << k for k in range(coarsest.bit_length())]  # 1, 2, 4, ..., max_stride
+    # 1, 2, 4, ..., max_stride, made one at a time: a plan stops at the level that takes the last frames, so a
+    # huge max_stride costs nothing until it is reached (a list of them would hold every level up front).
+    def strides():
+        stride = 1
+        while stride <= coarsest:
+            yield stride
+            stride <<= 1
 
     def cost(stride: int, n: int) -> int:
         t, gh, gw = term_grid(MemoryTerm(n, stride, stride, patch), h, w)
@@ -510,14 +568,15 @@ def plan_memory_terms(
     if not fits(0, 1, recent, frames):
         needed = cost(1, recent) + cost(coarsest, frames - recent)
         raise ValueError(
-            f"token_budget {budget} is too small: covering {frames} history frames of a {h}x{w} latent needs at "
-            f"least {needed} tokens ({recent} recent frame(s) at stride 1, {frames - recent} at max_stride "
-            f"{coarsest}, patch_size {patch}); raise token_budget or max_stride, or lower recent_frames"
+            f"token_budget {int_text(budget)} is too small: covering {int_text(frames)} history frames of a "
+            f"{int_text(h)}x{int_text(w)} latent needs at least {int_text(needed)} tokens ({int_text(recent)} recent "
+            f"frame(s) at stride 1, {int_text(frames - recent)} at max_stride {int_text(coarsest)}, patch_size "
+            f"{int_text(patch)}); raise token_budget or max_stride, or lower recent_frames"
         )
 
     counts = []  # frames per level, newest (finest) first
     spent, remaining = 0, frames
-    for stride in strides:
+    for stride in strides():
         if remaining == 0:
             break
         if stride == coarsest:
@@ -540,7 +599,7 @@ def plan_memory_terms(
         counts.append(n)
         spent += cost(stride, n)
         remaining -= n
-    return [MemoryTerm(n, s, s, patch) for n, s in reversed(list(zip(counts, strides))) if n]
+    return [MemoryTerm(n, 1 << k, 1 << k, patch) for k, n in reversed(list(enumerate(counts))) if n]
 
 
 def _check_nonnegative(value, what: str) -> int:
