@@ -245,6 +245,41 @@ def test_momentum_zero_is_identity_and_one_repeats_frame_zero(dtype, m_kind):
     assert torch.equal(tm(x, zero, 0, initial), x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape,dim", [((5, 40), 0), ((40, 5), 1), ((40, 21), 1), ((3, 40, 2), 1)])
+def test_endpoint_lanes_ignore_non_finite_gradients_of_what_they_ignore(dtype, shape, dim):
+    """A lane of momentum 0 ignores `initial` and a lane of momentum 1 ignores x after frame 0: their
+    gradients there are exactly 0 even where grad_y is infinite or NaN (not 0 * inf = NaN), as in the
+    reference. Lanes contiguous, frames contiguous (tiles) and strided."""
+    gen = torch.Generator().manual_seed(17)
+    x = make_tensor(shape, dtype, "contiguous", gen).requires_grad_()
+    slice_shape = list(x.select(dim, 0).shape)
+    initial = make_tensor(slice_shape, dtype, "contiguous", gen).requires_grad_()
+    momentum = torch.rand(slice_shape, generator=gen, dtype=torch.float64).to(acc_dtype(dtype))
+    flat = momentum.view(-1)
+    flat[0::3], flat[1::3] = 0.0, 1.0
+    grad_y = make_tensor(shape, dtype, "contiguous", gen)
+    grad_y.view(-1)[::7] = float("inf")
+    grad_y.view(-1)[3::11] = float("-inf")
+    grad_y.view(-1)[5::13] = float("nan")
+    for m in (momentum, 0.0):
+        y = tm(x, m, dim, initial)
+        got = torch.autograd.grad(y, (x, initial), grad_y)
+        x_ref, init_ref = (t.detach().double().requires_grad_() for t in (x, initial))
+        m_ref = m.double() if isinstance(m, torch.Tensor) else torch.tensor(m, dtype=torch.float64)
+        y_ref = reference.temporal_momentum_loop(x_ref, m_ref, dim, init_ref)
+        expected = torch.autograd.grad(y_ref, (x_ref, init_ref), grad_y.double())
+        for name, g, e in zip(("x", "initial"), got, expected):
+            g = g.double()
+            assert torch.equal(g.isnan(), e.isnan()), name  # NaN exactly where the reference has NaN
+            exact = e.isinf() | (e == 0)  # infinities and exact zeros are the same in every dtype
+            assert torch.equal(g[exact], e[exact]), name
+        if m is momentum:
+            assert (momentum == 0).any() and torch.equal(got[1][momentum == 0], torch.zeros_like(got[1][momentum == 0]))
+        else:
+            assert torch.equal(got[1], torch.zeros_like(got[1]))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,dim", [((10, 3, 4), 0), ((2, 9, 5), 1), ((4, 3000), 1)])
 def test_streaming_equals_one_call(dtype, shape, dim):

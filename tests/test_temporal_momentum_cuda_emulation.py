@@ -297,3 +297,12 @@ def test_emulated_momentum_zero_and_one_are_exact(emu, shape, dim, layout, sms, 
             torch.arange(frames).reshape([-1 if d == dim % len(shape) else 1 for d in range(len(shape))]) > 0
         )
         assert torch.equal(gx[later], torch.zeros_like(gx[later]))
+        # with `initial`: lanes of momentum 0 ignore it, so its gradient is 0 there even where a_0 is
+        # infinite (m * a_0 would be NaN)
+        initial = torch.randn(slice_shape, generator=gen)
+        y, _ = emu.forward(x, m_tensor, m_value, dim, initial, sms)
+        grad_y0 = grad_y.clone()
+        grad_y0.select(dim, 0).fill_(float("inf"))
+        _, _, gi, _ = emu.backward(grad_y0, x, y, m_tensor, m_value, dim, initial, False, sms)
+        zero = torch.broadcast_to(torch.as_tensor(momentum), slice_shape) == 0
+        assert torch.equal(gi[zero], torch.zeros_like(gi[zero])) and not gi.isnan().any()

@@ -121,6 +121,13 @@ struct ScanPair {
   acc_t value;
 };
 
+// d initial = m * a_0. A lane with m = 0 ignores initial, so its gradient is exactly 0, also where
+// a_0 is infinite or NaN (where m * a_0 would be NaN).
+template <typename acc_t>
+VIDMEM_HD acc_t initial_grad(acc_t m, acc_t a) {
+  return m == acc_t(0) ? acc_t(0) : m * a;
+}
+
 // The map of one forward step (ema_step as a pair); for m = 1 the value is exactly 0, not 0 * x.
 template <typename acc_t>
 VIDMEM_HD ScanPair<acc_t> ema_pair(acc_t m, acc_t one_minus_m, acc_t x) {

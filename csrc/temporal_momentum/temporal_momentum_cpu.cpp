@@ -366,7 +366,7 @@ void backward_cpu(const Layout& layout, const BackwardPtrs& p, const acc_type<sc
       if (has_init && t_begin == 0) {
         scalar_t* gib = ginit + lane_offset(layout, kGradInitial, b.coords);
         const int64_t gis = inner_stride(layout, kGradInitial);
-        for (int64_t j = 0; j < n; ++j) gib[j * gis] = static_cast<scalar_t>(mbuf[j] * a[j]);
+        for (int64_t j = 0; j < n; ++j) gib[j * gis] = static_cast<scalar_t>(initial_grad(mbuf[j], a[j]));
       }
       if (momentum_grad) {
         if (grid.chunks > 1) {

@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(kThreads) backward_frames_kernel(const Backwar
             dm += a * (prev - to_acc(cur.x.v[i]));
           }
           if (f == 0 && has_init) {
-            typed<scalar_t>(p.grad_initial)[lane_offset(lay, kGradInitial, c)] = from_acc<scalar_t>(m * a);
+            typed<scalar_t>(p.grad_initial)[lane_offset(lay, kGradInitial, c)] = from_acc<scalar_t>(initial_grad(m, a));
           }
         }
         store_frames<scalar_t, V>(gxl, f0, t_end, lay.frame_stride[kGradX], out);

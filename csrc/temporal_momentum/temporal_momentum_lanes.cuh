@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(kThreads, ROWS > 1 ? kBackwardChunkBlocksPerSm
                 scalar_t* gil = typed<scalar_t>(p.grad_initial) + lane_offset(lay, kGradInitial, c);
                 const int64_t gis = inner_stride(lay, kGradInitial);
 #pragma unroll
-                for (int v = 0; v < V; ++v) gil[v * gis] = from_acc<scalar_t>(m[v] * state[v]);
+                for (int v = 0; v < V; ++v) gil[v * gis] = from_acc<scalar_t>(initial_grad(m[v], state[v]));
               }
             }
           }
