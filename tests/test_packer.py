@@ -210,6 +210,8 @@ def test_frozen_packer_composes_with_torch_func_and_outside_tensors():
     assert_close_to(tokens, expected, torch.float64)
     assert_close_to(jvp, expected_jvp, torch.float64)
     assert jvp.abs().max() > 0
+    compiled = torch.compile(lambda h: torch.func.jvp(tokens_of, (h,), (tangent,))[1], backend="eager")
+    assert_close_to(compiled(history), expected_jvp, torch.float64)
     batched = torch.stack([history, tangent])
     assert_close_to(torch.func.vmap(tokens_of)(batched), torch.func.vmap(reference_of)(batched), torch.float64)
 

@@ -575,6 +575,40 @@ def test_torch_compile_fullgraph_plain_call():
         assert torch.equal(torch.compile(plain, fullgraph=True, backend="aot_eager")(x), plain(x))
 
 
+def test_torch_compile_of_torch_func_and_forward_ad_keeps_the_tangents():
+    """Compiled torch.func.jvp / grad and forward-mode AD run the reference as eager does (the registered
+    op has no forward-mode rule: traced, it would drop the tangent and give zeros), and compiling the op
+    raises no warning (a functools.cache'd helper did)."""
+    import warnings
+
+    import torch.autograd.forward_ad as fwad
+
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(15)
+    x, tangent = (t.clone() for t in torch.randn(2, 5, 3, dtype=torch.float64, generator=gen).unbind(0))
+    m = torch.rand(3, dtype=torch.float64, generator=gen)
+
+    def jvp(t):
+        return torch.func.jvp(lambda u: tm(u, m, 0), (t,), (tangent,))[1]
+
+    def grad(t):
+        return torch.func.grad(lambda u: tm(u, m, 0).pow(2).sum())(t)
+
+    def dual(t):
+        with fwad.dual_level():
+            return fwad.unpack_dual(tm(fwad.make_dual(t, tangent), m, 0)).tangent
+
+    expected_jvp = reference.temporal_momentum_loop(tangent, m, 0).detach()  # the op is linear in x
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        for fn in (jvp, dual):
+            assert_close(fn(x), expected_jvp, 1e-12)
+            assert_close(torch.compile(fn, fullgraph=True, backend="eager")(x), expected_jvp, 1e-12)
+        assert expected_jvp.abs().max() > 0
+        assert_close(torch.compile(grad, backend="eager")(x), grad(x), 1e-12)
+        assert_close(torch.compile(lambda t: tm(t, m, 0) * 2, fullgraph=True)(x), 2 * tm(x, m, 0), 1e-12)
+
+
 # --------------------------------------------------------------------------- bad input
 
 

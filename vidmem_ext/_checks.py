@@ -12,7 +12,6 @@ the tensor checks import torch when called.
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 import operator
@@ -20,9 +19,8 @@ import operator
 FLOAT_DTYPE_NAMES = "float16, bfloat16, float32 or float64"
 
 
-@functools.cache  # built on first use: torch is not imported at import time
 def float_dtypes() -> tuple:
-    """The floating dtypes every op takes."""
+    """The floating dtypes every op takes. (Not functools.cache'd: torch.compile warns about such calls.)"""
     import torch
 
     return (torch.float16, torch.bfloat16, torch.float32, torch.float64)

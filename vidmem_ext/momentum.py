@@ -59,15 +59,15 @@ def check_args(x, momentum, dim, initial, x_name: str = "x"):
 
 
 def _under_func_transform() -> bool:
-    """True inside a torch.func transform (grad, vjp, jacrev, vmap, ...); never while torch.compile traces."""
-    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+    """True inside a torch.func transform (grad, vjp, jacrev, vmap, ...), also one that torch.compile traces."""
+    return torch._C._are_functorch_transforms_active()
 
 
 def _forward_ad_needs_reference(*tensors) -> bool:
     """True inside torch.autograd.forward_ad.dual_level when an input carries a tangent, or when the call
     records a graph whose backward may be given one (forward-over-reverse): forward-mode AD, which the
     ops' registered autograd does not implement (the kernels would drop the tangent)."""
-    if torch.compiler.is_compiling() or _forward_ad._current_level < 0:
+    if _forward_ad._current_level < 0:
         return False
     tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):

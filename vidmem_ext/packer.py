@@ -130,12 +130,10 @@ def _windows(frames: torch.Tensor, kernel: tuple[int, int, int]) -> torch.Tensor
     return windows.reshape(batch, t * h * w, channels * kt * kh * kw)
 
 
-def _under_transform(*tensors: torch.Tensor) -> bool:
-    """True under forward-mode AD or with a tensor seen through a torch.func transform (vmap, jvp, grad),
-    which out= products cannot record. (torch.compile traces the transforms itself.)"""
-    if torch.compiler.is_compiling():
-        return False
-    return _forward_ad._current_level >= 0 or any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+def _under_transform() -> bool:
+    """True under forward-mode AD or a torch.func transform (vmap, jvp, grad), whose tensors out= products
+    cannot record (also where torch.compile traces them)."""
+    return _forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
 
 
 def _is_plain_conv3d(module: nn.Module, kernel: tuple[int, int, int], in_channels: int, embed_dim: int) -> bool:
@@ -390,12 +388,13 @@ class MultiTermMemoryPacker(nn.Module):
         # The out= products record no graph, so they run only when nothing could need one: no autograd,
         # no forward-mode AD or torch.func transform (invisible to requires_grad), no autocast, and every
         # projection a plain Conv3d (a hooked or wrapped one may bring tensors that require grad).
-        params = list(self.parameters())
-        needs_graph = torch.is_grad_enabled() and (history.requires_grad or any(p.requires_grad for p in params))
+        needs_graph = torch.is_grad_enabled() and (
+            history.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
         direct = (
             not needs_graph
             and not torch.is_autocast_enabled(history.device.type)
-            and not _under_transform(history, *params)
+            and not _under_transform()
             and all(
                 _is_plain_conv3d(proj, memory_term_kernel(term), self.in_channels, self.embed_dim)
                 for term, proj in zip(self.terms, self.projections)
