@@ -293,6 +293,26 @@ def test_torch_func_grad_jacrev_vmap():
         torch.testing.assert_close(per_item[i], torch.autograd.grad(loss(xi, m), xi)[0])
 
 
+def test_forward_and_reverse_mode_agree_at_momentum_0_and_1():
+    # Lanes of momentum exactly 0 or 1 take the exact endpoint values, but d/dm there is the formula's
+    # (the one-sided limit): forward mode (jacfwd, jvp, forward_ad), where m carries a tangent without
+    # requiring grad, must give it too, not the 0 of the endpoint's constant branch.
+    import torch.autograd.forward_ad as fwAD
+
+    x = torch.tensor([[1.0, 1.0, 2.0], [3.0, 3.0, -1.0], [7.0, 7.0, 4.0]], dtype=torch.float64)
+    m = torch.tensor([1.0, 0.0, 0.5], dtype=torch.float64)
+
+    def f(m):
+        return tm(x, m, 0).sum()
+
+    reverse = torch.func.jacrev(f)(m)
+    torch.testing.assert_close(reverse, torch.tensor([-10.0, -6.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(torch.func.jacfwd(f)(m), reverse)
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(f(fwAD.make_dual(m, torch.ones_like(m)))).tangent
+    torch.testing.assert_close(tangent, reverse.sum())
+
+
 @pytest.mark.parametrize("x_requires_grad", [False, True])
 def test_forward_mode_ad_carries_tangents(x_requires_grad):
     # torch.autograd.forward_ad: the tangent of the output must be the directional derivative (the

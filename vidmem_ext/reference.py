@@ -59,10 +59,17 @@ def _ema_step(m, prev: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
     step = m * prev + (1 - m) * frame
     exact = torch.where(m == 0, frame, prev)
     use_exact = (m == 0) | (m == 1)
-    if torch.is_grad_enabled() and m.requires_grad:
+    differentiated = (torch.is_grad_enabled() and m.requires_grad) or _derivatives_may_flow()
+    if differentiated:
         # Keep the formula (and so its d/dm) wherever it already equals the exact value.
         use_exact = use_exact & (step != exact)
     return torch.where(use_exact, exact, step)
+
+
+def _derivatives_may_flow() -> bool:
+    """True under forward-mode AD or a torch.func transform (jvp, jacfwd, ...), where m may carry a
+    tangent although it does not require grad."""
+    return torch.autograd.forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
 
 
 def momentum_matrix(num_frames: int, momentum, dtype=torch.float64, device=None) -> torch.Tensor:
