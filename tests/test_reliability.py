@@ -293,6 +293,20 @@ def test_torch_func_grad_jacrev_vmap():
         torch.testing.assert_close(per_item[i], torch.autograd.grad(loss(xi, m), xi)[0])
 
 
+@pytest.mark.parametrize("momentum", [1 - 1e-9, 1e-60, 0.3])
+def test_transforms_round_a_float_momentum_as_the_kernels_do(momentum):
+    # Under torch.func the op runs the reference. It must read a float momentum as the kernels do, rounded
+    # to fp32 for fp32 x: 1 - 1e-9 is exactly 1 there (frame 0 repeated, bit for bit, past inf and NaN
+    # frames), 1e-60 exactly 0 (x itself).
+    x = torch.tensor([[1.0, 4.0, -2.0], [float("inf"), float("nan"), 3.0], [2.0, 5.0, 0.5]])
+    eager = tm(x, momentum, 0)
+    in_vmap = torch.func.vmap(lambda t: tm(t, momentum, 0), in_dims=1, out_dims=1)(x)
+    assert torch.equal(eager.isnan(), in_vmap.isnan())
+    assert torch.equal(eager.nan_to_num(), in_vmap.nan_to_num())
+    if momentum != 0.3:
+        assert torch.equal(eager.nan_to_num(), (x[:1].expand_as(x) if momentum > 0.5 else x).nan_to_num())
+
+
 def test_forward_and_reverse_mode_agree_at_momentum_0_and_1():
     # Lanes of momentum exactly 0 or 1 take the exact endpoint values, but d/dm there is the formula's
     # (the one-sided limit): forward mode (jacfwd, jvp, forward_ad), where m carries a tangent without

@@ -38,7 +38,9 @@ def temporal_momentum_loop(x: torch.Tensor, momentum=0.98, dim: int = 0, initial
     """
     acc = acc_dtype(x.dtype)
     frames = x.movedim(dim, 0).to(acc)
-    m = momentum.to(acc) if isinstance(momentum, torch.Tensor) else momentum
+    # A float momentum is rounded to the accumulation dtype as the kernels read it: e.g. 1 - 1e-9 is exactly
+    # 1 in fp32, a lane that keeps its first state bit for bit.
+    m = momentum.to(acc) if isinstance(momentum, torch.Tensor) else torch.tensor(momentum, dtype=acc).item()
     if frames.shape[0] == 0:
         return x.clone()
     prev = None if initial is None else initial.to(acc)
