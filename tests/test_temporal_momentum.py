@@ -315,6 +315,28 @@ def test_inputs_are_not_mutated():
     assert torch.equal(grad_y, grad_before)
 
 
+def test_backward_of_a_slice_allocates_no_more_than_the_slice(monkeypatch):
+    # With a float momentum the backward keeps neither x nor y; its stand-in for them must have the
+    # strides grad_x gets (dense), not the slice's, which would span the whole parent storage.
+    big = torch.randn(64, 20_000, generator=torch.Generator().manual_seed(3))
+    x = big[:, :2].requires_grad_()
+    allocated = []
+    empty_strided = torch.empty_strided
+
+    def recording(*args, **kwargs):
+        out = empty_strided(*args, **kwargs)
+        allocated.append(out.untyped_storage().nbytes())
+        return out
+
+    monkeypatch.setattr(torch, "empty_strided", recording)
+    grad_y = torch.randn(2, 64, generator=torch.Generator().manual_seed(4)).t()  # unlike x's strides
+    tm(x, 0.9, 0).backward(grad_y)
+    assert allocated and max(allocated) <= x.numel() * x.element_size()
+    x_ref = x.detach().double().requires_grad_()
+    (want,) = torch.autograd.grad(reference.temporal_momentum_loop(x_ref, 0.9, 0), x_ref, grad_y.double())
+    assert_close(x.grad, want, TOL[torch.float32])
+
+
 @pytest.mark.skipif(not _backend.compiled(), reason="needs the compiled kernels")
 def test_eager_autograd_equals_the_registered_autograd():
     """The front end's eager autograd and the op's registered autograd: same values, same first- and

@@ -190,7 +190,9 @@ if _backend.compiled():
         # Only the momentum gradient reads x and y (dm = sum a_t (y_{t-1} - x_t)); dx and
         # d(initial) need dy alone, so otherwise neither is kept alive for backward.
         keep_xy = momentum is not None and momentum.requires_grad
-        ctx.x_shape, ctx.x_stride, ctx.x_dtype = x.shape, x.stride(), x.dtype
+        # The strides grad_x gets (empty_like's: x's own when x is dense, else contiguous); a placeholder
+        # with x's own strides would span all of a sliced x's storage.
+        ctx.x_shape, ctx.x_stride, ctx.x_dtype = x.shape, torch.empty_like(x, device="meta").stride(), x.dtype
         ctx.save_for_backward(x if keep_xy else None, output if keep_xy else None, momentum, initial)
 
     def _backward(ctx, grad_y):
