@@ -676,6 +676,16 @@ def test_direct_op_calls_are_checked_too():
         op(torch.ones(4, 3, dtype=torch.int32), None, 0.5, 0, None)
     with pytest.raises(ValueError, match="grad_y must have x's shape"):
         torch.ops.vidmem_ext.temporal_momentum_backward(torch.randn(3, 3), x, x, None, 0.5, 0, None, False)
+    # the fake kernels (meta tensors) and the CPU kernels raise the same errors
+    backward = torch.ops.vidmem_ext.temporal_momentum_backward
+    for device in ("cpu", "meta"):
+        xd = x.to(device)
+        with pytest.raises(TypeError, match="momentum (tensor )?must be floating point"):
+            op(xd, torch.ones(3, dtype=torch.int64, device=device), 0.0, 0, None)
+        with pytest.raises(ValueError, match="grad_y must have x's dtype"):
+            backward(xd.double(), xd, xd, None, 0.5, 0, None, False)
+        with pytest.raises(ValueError, match="y must have x's dtype"):
+            backward(xd, xd, xd.double(), None, 0.5, 0, None, False)
 
 
 def test_public_name():

@@ -70,9 +70,9 @@ def check_real(
     if math.isnan(result) or (finite and math.isinf(result)):
         raise ValueError(f"{name} must be a finite number, got {result}")
     if minimum is not None and result < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {int_text(result)}")
+        raise ValueError(f"{name} must be >= {minimum}, got {result}")
     if maximum is not None and result > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {int_text(result)}")
+        raise ValueError(f"{name} must be <= {maximum}, got {result}")
     return result
 
 

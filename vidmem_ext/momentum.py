@@ -177,6 +177,8 @@ if _backend.compiled():
         for name, tensor in (("grad_y", grad_y), ("y", y)):
             if tensor.shape != x.shape:
                 raise ValueError(f"{name} must have x's shape {tuple(x.shape)}, got {tuple(tensor.shape)}")
+            if tensor.dtype != x.dtype:
+                raise ValueError(f"{name} must have x's dtype {x.dtype}, got {tensor.dtype}")
         dim, _, _, _ = check_args(x, momentum if momentum is not None else momentum_value, dim, initial)
         slice_shape = x.shape[:dim] + x.shape[dim + 1 :]
         acc = _checks.acc_dtype(x.dtype)

@@ -47,7 +47,7 @@ inline Args check_args(const at::Tensor& x, const std::optional<at::Tensor>& mom
     const at::Tensor& m = *momentum;
     TORCH_CHECK_VALUE(m.device() == x.device(), "temporal_momentum: momentum is on ", m.device(), " but x is on ",
                       x.device());
-    TORCH_CHECK_VALUE(at::isFloatingType(m.scalar_type()), "temporal_momentum: momentum must be floating point, got ",
+    TORCH_CHECK_TYPE(at::isFloatingType(m.scalar_type()), "temporal_momentum: momentum must be floating point, got ",
                       m.scalar_type());
     TORCH_CHECK_VALUE(at::is_expandable_to(m.sizes(), args.slice_shape), "temporal_momentum: momentum of shape ",
                       m.sizes(), " does not broadcast to one frame slice ", at::IntArrayRef(args.slice_shape));
