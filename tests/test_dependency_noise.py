@@ -218,6 +218,19 @@ def test_step_decides_like_the_reference_on_typical_inputs():
     assert agree >= 0.95 * total
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_step_chooses_as_fp64_where_the_fp32_errors_overflow(dtype):
+    # A = mean(w p) and S_k about -A, both near 2.5e38: |A - S_k - lambda| exceeds fp32's range for every
+    # candidate. An fp32 search would see inf everywhere and keep candidate 0; the search runs in double
+    # there, so fp32 chooses what fp64 and the reference choose.
+    prev = torch.tensor([[84.0]], dtype=dtype)
+    candidates = torch.tensor([[[-84.0]], [[-83.9]]], dtype=dtype)
+    _, _, index = vidmem_ext.dependency_noise_step(prev, candidates, 0.5, 0)
+    _, _, want = vidmem_ext.dependency_noise_step(prev.double(), candidates.double(), 0.5, 0)
+    _, _, ref = reference.dependency_noise_step(prev, candidates, 0.5, 0)
+    assert index.tolist() == want.tolist() == ref.tolist() == [1]
+
+
 def test_step_gradients():
     gen = torch.Generator().manual_seed(1)
     prev = torch.randn(3, 5, 7, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -232,14 +245,19 @@ def test_step_gradients():
         torch.testing.assert_close(g, w)
 
 
-def test_step_opcheck_and_compile():
+@pytest.mark.parametrize("layout", ["contiguous", "permuted"])
+def test_step_opcheck_and_compile(layout):
     gen = torch.Generator().manual_seed(2)
     prev = torch.randn(2, 3, 8, generator=gen)
     candidates = torch.randn(5, 2, 3, 8, generator=gen)
+    if layout == "permuted":  # the kernel's frame is contiguous whatever prev's layout: so is the fake's
+        prev, candidates = prev.transpose(1, 2), candidates.transpose(2, 3)
     torch.library.opcheck(torch.ops.vidmem_ext.dependency_noise_step.default, (prev, candidates, 0.7, 15))
-    compiled = torch.compile(lambda p, c: vidmem_ext.dependency_noise_step(p, c, 0.7), fullgraph=True)
-    for got, want in zip(compiled(prev, candidates), vidmem_ext.dependency_noise_step(prev, candidates, 0.7)):
-        assert torch.equal(got, want)
+    compiled = torch.compile(lambda p, c, lam: vidmem_ext.dependency_noise_step(p, c, lam)[0] * 2 + 1, fullgraph=True)
+    # a lambda_i that changes between calls reaches the checks as a symbolic float: no graph break
+    for lambda_i in (0.7, 0.3, 1.1):
+        want = vidmem_ext.dependency_noise_step(prev, candidates, lambda_i)[0] * 2 + 1
+        assert torch.equal(compiled(prev, candidates, lambda_i), want)
 
 
 def test_step_zero_size():
@@ -289,6 +307,18 @@ def test_step_op_checks_its_arguments_too():
         step(torch.randn(2, 4), torch.randn(3, 2, 4, dtype=torch.float64), 0.1, 15)
     with pytest.raises(TypeError, match="dependency_noise_step: prev must be float16"):
         step(torch.ones(2, 4, dtype=torch.int32), torch.ones(3, 2, 4, dtype=torch.int32), 0.1, 15)
+    # meta tensors run the fake kernel, which checks the same (torch.compile's tracing relies on it)
+    prev, candidates = torch.empty(2, 4, device="meta"), torch.empty(3, 2, 4, device="meta")
+    for args, error, match in (
+        ((prev, candidates, -1.0, 15), ValueError, "lambda_i"),
+        ((prev, candidates, float("nan"), 15), ValueError, "lambda_i"),
+        ((prev, candidates, 0.1, -3), ValueError, "linear_search_times"),
+        ((prev, candidates[:0], 0.1, 15), ValueError, "at least one candidate"),
+        ((prev, candidates.double(), 0.1, 15), ValueError, "candidates dtype"),
+        ((prev.int(), candidates.int(), 0.1, 15), TypeError, "prev must be a floating tensor"),
+    ):
+        with pytest.raises(error, match=match):
+            step(*args)
 
 
 # --------------------------------------------------------------------------- generator: exact stream
@@ -525,9 +555,15 @@ def test_fill_op_checks_its_arguments_too():
         ((out, 0.1, 10, 15, 3, 0, 0), IndexError, "frame_dim 3 is out of range"),
         ((torch.empty(4), 0.1, 10, 15, 1, 0, 0), ValueError, "at least 2 dims"),
         ((torch.empty(2, 3, dtype=torch.int64), 0.1, 10, 15, 1, 0, 0), TypeError, "float16, bfloat16"),
+        ((torch.empty(1, 3).expand(2, 3), 0.1, 10, 15, 1, 0, 0), ValueError, "share memory"),
     ):
         with pytest.raises(error, match=f"dependency_noise_fill_: .*{match}"):
             torch.ops.vidmem_ext.dependency_noise_fill_(*args)
+        # meta: the fake kernel checks the same
+        meta_out = args[0].to("meta")
+        meta_out = torch.empty(1, 3, device="meta").expand(2, 3) if match == "share memory" else meta_out
+        with pytest.raises(error, match=match):
+            torch.ops.vidmem_ext.dependency_noise_fill_(meta_out, *args[1:])
 
 
 def test_fill_op_on_a_non_contiguous_out():
@@ -542,8 +578,9 @@ def test_fill_op_on_a_non_contiguous_out():
 def test_fill_opcheck_and_compile():
     out = torch.empty(2, 3, 4, 5)
     torch.library.opcheck(torch.ops.vidmem_ext.dependency_noise_fill_.default, (out, 0.3, 10, 15, 2, 5, 0))
-    compiled = torch.compile(lambda: vidmem_ext.dependency_noise((2, 3, 40), 0.3, seed=5), fullgraph=True)
-    assert torch.equal(compiled(), vidmem_ext.dependency_noise((2, 3, 40), 0.3, seed=5))
+    compiled = torch.compile(lambda lam: vidmem_ext.dependency_noise((2, 3, 40), lam, seed=5), fullgraph=True)
+    for lambda_i in (0.3, 0.7, 0.05):  # changing lambda_i: no graph break, no recompile into an error
+        assert torch.equal(compiled(lambda_i), vidmem_ext.dependency_noise((2, 3, 40), lambda_i, seed=5))
 
 
 def test_fallback_runs_the_reference(monkeypatch):

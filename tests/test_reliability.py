@@ -431,7 +431,7 @@ def test_meta_and_cpu_arguments_together_are_refused():
         (lambda: ops.temporal_momentum_backward(x, x, meta, None, 0.5, 0, None, False), "y is on meta"),
         (
             lambda: ops.dependency_noise_step(x, torch.empty(3, 5, 3, 4, device="meta"), 0.1, 15),
-            "candidates is on meta",
+            "candidates are on meta",
         ),
         (lambda: ops.temporal_momentum(meta, torch.empty(7, device="meta"), 0.0, 0, None), "does not broadcast"),
         (lambda: ops.temporal_momentum_backward(meta, meta, meta[:2], None, 0.5, 0, None, False), "y must have"),

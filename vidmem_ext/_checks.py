@@ -67,7 +67,9 @@ def check_real(
         result = float(value)
     except OverflowError:  # an int beyond float's range
         raise ValueError(f"{name} is out of range, got {value!r}") from None
-    if math.isnan(result) or (finite and math.isinf(result)):
+    # Comparisons, not math.isnan / isinf: torch.compile passes a float that changes between calls as a
+    # symbolic float, which comparisons handle (as guards) and math functions do not.
+    if result != result or (finite and abs(result) == math.inf):
         raise ValueError(f"{name} must be a finite number, got {result}")
     if minimum is not None and result < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {result}")
@@ -92,7 +94,7 @@ def check_momentum(momentum, name: str = "momentum"):
         value = float(momentum)
     except OverflowError:  # an int beyond float's range
         raise ValueError(f"{name} must be in [0, 1], got {momentum!r}") from None
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
+    if not 0.0 <= value <= 1.0:  # also NaN
         raise ValueError(f"{name} must be in [0, 1], got {value}")
     return value
 

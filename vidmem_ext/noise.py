@@ -185,14 +185,9 @@ def _mix_seed(seed: int) -> int:
     return z ^ (z >> 31)
 
 
-def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i: float, linear_search_times: int = 15):
-    """One dependency-noise step on given candidates: the deterministic core of the generator.
-
-    prev: (B, ...) the previous frame; candidates: (R, B, ...) the random-search
-    candidates. Returns (frame (B, ...) in prev's dtype, alpha (B,), index (B,)
-    int64): the first candidate with the smallest error, then the line search on
-    alpha, exactly as docs/semantics.md, "Dependency noise" (alpha clamped to [0, 1]).
-    """
+def _check_step_args(prev, candidates, lambda_i, linear_search_times) -> tuple[float, int]:
+    """dependency_noise_step's argument checks (the front end's and the fake kernel's: the C++ checks'
+    in Python's exception types). Returns (lambda_i, linear_search_times)."""
     _checks.check_float_tensor(prev, "prev")
     _checks.check_tensor(candidates, "candidates")
     if candidates.dtype != prev.dtype:
@@ -212,6 +207,36 @@ def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i
     linear_search_times = _checks.check_int(
         linear_search_times, "linear_search_times", minimum=0, maximum=MAX_LINEAR_SEARCH_TIMES
     )
+    return lambda_i, linear_search_times
+
+
+def _check_fill_args(out, lambda_i, random_search_times, linear_search_times, frame_dim) -> int:
+    """dependency_noise_fill_'s checks, as the C++ ones, for its fake kernel. Returns frame_dim >= 1."""
+    _checks.check_float_tensor(out, "out")
+    if out.dim() < 2:
+        raise ValueError(f"out must have at least 2 dims (batch and frames), got shape {tuple(out.shape)}")
+    _check_lambda(lambda_i)
+    _checks.check_int(random_search_times, "random_search_times", minimum=1, maximum=MAX_RANDOM_SEARCH_TIMES)
+    _checks.check_int(linear_search_times, "linear_search_times", minimum=0, maximum=MAX_LINEAR_SEARCH_TIMES)
+    frame_dim = _checks.check_int(frame_dim, "frame_dim")
+    if not -out.dim() <= frame_dim < out.dim():
+        raise IndexError(f"frame_dim {frame_dim} is out of range for out with {out.dim()} dimensions")
+    if frame_dim % out.dim() == 0:
+        raise ValueError(f"frame_dim must index a non-batch axis of out (1..{out.dim() - 1}), got {frame_dim}")
+    if torch._debug_has_internal_overlap(out) == 1:  # 1: elements certainly share memory (an expanded view)
+        raise ValueError("out has elements that share memory (an expanded view); pass a tensor of its own")
+    return frame_dim % out.dim()
+
+
+def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i: float, linear_search_times: int = 15):
+    """One dependency-noise step on given candidates: the deterministic core of the generator.
+
+    prev: (B, ...) the previous frame; candidates: (R, B, ...) the random-search
+    candidates. Returns (frame (B, ...) in prev's dtype, alpha (B,), index (B,)
+    int64): the first candidate with the smallest error, then the line search on
+    alpha, exactly as docs/semantics.md, "Dependency noise" (alpha clamped to [0, 1]).
+    """
+    lambda_i, linear_search_times = _check_step_args(prev, candidates, lambda_i, linear_search_times)
     if _backend.use_kernel("dependency_noise_step", prev.device):
         return torch.ops.vidmem_ext.dependency_noise_step(prev, candidates, lambda_i, linear_search_times)
     if prev.shape[0] == 0:  # as the kernel: empty outputs (the reference cannot reshape an empty batch)
@@ -227,16 +252,12 @@ if _backend.compiled():
 
     @torch.library.register_fake("vidmem_ext::dependency_noise_step")
     def _step_fake(prev, candidates, lambda_i, linear_search_times):
-        # A call mixing meta and real tensors runs this, not the kernel: check what would go wrong.
-        _checks.check_same_device("prev", prev, candidates=candidates)
-        if prev.dim() < 1 or candidates.shape[1:] != prev.shape:
-            raise ValueError(
-                f"candidates must have shape (R, *prev.shape) with prev of shape {tuple(prev.shape)}, "
-                f"got {tuple(candidates.shape)}"
-            )
+        # A call mixing meta and real tensors runs this, not the kernel: check what would go wrong. The
+        # kernel's frame is contiguous (it works on prev.contiguous()), so is this one.
+        _check_step_args(prev, candidates, lambda_i, linear_search_times)
         batch = prev.shape[0]
         alpha = prev.new_empty((batch,), dtype=_checks.acc_dtype(prev.dtype))
-        return torch.empty_like(prev), alpha, prev.new_empty((batch,), dtype=torch.int64)
+        return prev.new_empty(prev.shape), alpha, prev.new_empty((batch,), dtype=torch.int64)
 
     def _step_setup_context(ctx, inputs, output):
         _, candidates, _, _ = inputs
@@ -266,4 +287,5 @@ if _backend.compiled():
 
     @torch.library.register_fake("vidmem_ext::dependency_noise_fill_")
     def _fill_fake(out, lambda_i, random_search_times, linear_search_times, frame_dim, seed, offset):
+        frame_dim = _check_fill_args(out, lambda_i, random_search_times, linear_search_times, frame_dim)
         return out.new_empty((out.shape[0], out.shape[frame_dim]), dtype=_checks.acc_dtype(out.dtype))

@@ -113,13 +113,19 @@ VIDMEM_HD bool overflows_acc(double value) {
 }
 
 // The search on the statistics' double means: A = mean_wp, S_k = candidate_mean(k). In the
-// accumulation type as always, unless a float accumulation cannot hold them (prev above about
-// 84): then in double, so that fp32 chooses what fp64 chooses; alpha is rounded to float after.
+// accumulation type as always, unless a float accumulation cannot hold them or the errors
+// |A - S_k - lambda| (at most |A| + |S_k| + lambda; e.g. A near 2.5e38 and S_k near -2.5e38, with
+// prev above about 84): then in double, so that fp32 chooses what fp64 chooses (an overflowed
+// error is inf for every candidate, and candidate 0 would win); alpha is rounded to float after.
 template <typename acc_t, typename MeanFn>
 VIDMEM_HD SearchResult<acc_t> search_on_means(double mean_wp, int64_t num_candidates, MeanFn candidate_mean,
                                               acc_t lambda, int64_t linear_search_times) {
   bool wide = overflows_acc<acc_t>(mean_wp);
-  for (int64_t k = 0; k < num_candidates && !wide; ++k) wide = overflows_acc<acc_t>(candidate_mean(k));
+  for (int64_t k = 0; k < num_candidates && !wide; ++k) {
+    const double s = candidate_mean(k);
+    wide = overflows_acc<acc_t>(s) ||
+           overflows_acc<acc_t>(std::fabs(mean_wp) + std::fabs(s) + static_cast<double>(lambda));
+  }
   if (!wide) {
     const auto narrow = [&](int64_t k) { return static_cast<acc_t>(candidate_mean(k)); };
     return dependency_noise_search<acc_t>(static_cast<acc_t>(mean_wp), num_candidates, narrow, lambda,
