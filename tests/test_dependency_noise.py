@@ -532,6 +532,13 @@ def test_default_dtype_and_empty_results():
         ({"seed": 1.5}, TypeError, "seed"),
         ({"generator": 3}, TypeError, "generator"),
         ({"dtype": torch.int32}, TypeError, "dtype"),
+        ({"device": "bogus"}, ValueError, "device must name a torch device"),
+        pytest.param(
+            {"device": "xpu"},
+            ValueError,
+            "device xpu: this torch build or machine has no xpu device",
+            marks=pytest.mark.skipif(hasattr(torch, "xpu") and torch.xpu.is_available(), reason="has an XPU"),
+        ),
     ],
 )
 def test_generator_bad_input(kwargs, error, match):

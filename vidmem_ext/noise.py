@@ -144,6 +144,11 @@ def dependency_noise(
             device = torch.device("cuda", torch.cuda.current_device())
         elif device.index >= torch.cuda.device_count():
             raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type not in ("cpu", "meta"):  # e.g. xpu or mps: refuse what this torch cannot run, by name
+        backend = getattr(torch, device.type, None)
+        is_available = getattr(backend, "is_available", None)
+        if not callable(is_available) or not is_available():
+            raise ValueError(f"device {device}: this torch build or machine has no {device.type} device")
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"generator is on {generator.device} but the noise is made on {device}")
 
