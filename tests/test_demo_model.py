@@ -37,7 +37,14 @@ def shipped_pipe():
 def test_prompts_parse_and_round_trip():
     assert parse_prompt("a red circle on a blue background") == ("red", "circle", "blue")
     assert parse_prompt("A Yellow Triangle on a black background") == ("yellow", "triangle", "black")
-    for bad in ("a red circle", "a red circle on a red background", "a pink circle on a blue background", ""):
+    for bad in (
+        "a red circle",
+        "a red circle on a red background",
+        "a pink circle on a blue background",
+        "a red circle on a blue",  # not the captions' form: the model never saw it
+        "a red circle on a blue backdrop",
+        "",
+    ):
         assert parse_prompt(bad) is None, bad
     scene = Scene("green", "square", "white", 6.0, 12.0, 20.0)
     assert parse_prompt(scene.prompt) == ("green", "square", "white")

@@ -136,7 +136,55 @@ def test_bad_arguments_give_clear_errors(pipe):
     for size in ({"height": 16}, {"width": 16}):  # pipelines fill in the other side differently
         with pytest.raises(ValueError, match="height and width: pass both or neither"):
             zero_shot_video(pipe, "a", **size)
+    with pytest.raises(ValueError, match="height must be >= 1"):
+        zero_shot_video(pipe, "a", height=-16, width=-16)
+    with pytest.raises(TypeError, match="width must be an int"):
+        zero_shot_video(pipe, "a", height=16, width="abc")
+    with pytest.raises(TypeError, match="prompt_embeds must be a tensor"):
+        zero_shot_video(pipe, None, prompt_embeds=[1, 2])
     assert pipe.unet.attn_processors == originals
+
+
+def _parts(pipe):
+    return dict(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+        scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+
+
+def test_pipelines_that_start_from_an_image_or_swap_processors_are_refused(pipe):
+    # An image-to-image pipeline takes passed latents as its noised input image (the dependency noise would
+    # replace the image); Attend-and-Excite installs its own processors in its call (no momentum would be
+    # left). Both are refused before anything is drawn, with the pipeline's processors untouched.
+    import diffusers
+
+    originals = pipe.unet.attn_processors
+    img2img = diffusers.StableDiffusionImg2ImgPipeline(**_parts(pipe))
+    with pytest.raises(TypeError, match="StableDiffusionImg2ImgPipeline: an image-to-image pipeline"):
+        zero_shot_video(img2img, "a", num_frames=2, image=torch.zeros(1, 3, 32, 32), strength=0.5)
+    excite = diffusers.StableDiffusionAttendAndExcitePipeline(**_parts(pipe))
+    with pytest.raises(TypeError, match="installs its own attention processors"):
+        zero_shot_video(excite, "a red fox", num_frames=2, token_indices=[1])
+    inpaint = diffusers.StableDiffusionInpaintPipeline(**_parts(pipe))
+    with pytest.raises(ValueError, match="strength must be 1.0"):
+        zero_shot_video(inpaint, "a", num_frames=2, image=torch.zeros(1, 3, 32, 32), strength=0.5)
+    assert pipe.unet.attn_processors == originals
+
+
+def test_a_processor_replaced_inside_the_block_is_reported(pipe):
+    # Whatever replaces the temporal momentum processor while it is installed (a pipeline's own processors)
+    # would leave a result without momentum: the block says so, and still restores the originals.
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from vidmem_ext.pipelines import temporal_momentum_processors
+
+    originals = pipe.unet.attn_processors
+    with pytest.raises(RuntimeError, match="lost the temporal momentum processor"):
+        with temporal_momentum_processors(pipe.unet, 0.5, 2):
+            pipe.unet.set_attn_processor(AttnProcessor2_0())
+    assert pipe.unet.attn_processors == originals
+    with temporal_momentum_processors(pipe.unet, 0.5, 2) as processor:  # untouched: no error
+        assert processor in pipe.unet.attn_processors.values()
 
 
 def test_latents_take_the_vae_channels_when_the_unet_takes_more(pipe):

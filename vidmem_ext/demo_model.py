@@ -91,19 +91,18 @@ def prompt_for(colour: str, shape: str, background: str) -> str:
 
 def parse_prompt(prompt: str) -> tuple[str, str, str] | None:
     """(colour, shape, background) of a prompt in the model's form, or None if it is not one."""
-    words = prompt.lower().split()
+    words = prompt.lower().split()  # the captions' form only: the model has seen no other
     if (
-        len(words) == 6
+        len(words) == 7
         and words[0] == "a"
         and words[3:5] == ["on", "a"]
+        and words[6] == "background"
         and words[1] in COLOURS
         and words[2] in SHAPES
         and words[5] in COLOURS
         and words[5] != words[1]
     ):
         return words[1], words[2], words[5]
-    if len(words) == 7 and words[6] == "background":
-        return parse_prompt(" ".join(words[:6]))
     return None
 
 

@@ -290,6 +290,17 @@ def temporal_momentum_processors(model, momentum=0.98, num_frames: int = 8, laye
     model.set_attn_processor({name: processor if name in names else proc for name, proc in originals.items()})
     try:
         yield processor
+        # Some pipelines install their own processors during their call (Attend-and-Excite, SAG,
+        # Pix2Pix-Zero, PAG): the result then has no temporal momentum on those layers. Say so.
+        installed = model.attn_processors
+        replaced = sorted(name for name in names if installed.get(name) is not processor)
+        if replaced:
+            raise RuntimeError(
+                f"model: {len(replaced)} of the {len(names)} layers lost the temporal momentum processor inside "
+                f"the block (e.g. {replaced[0]} now has {type(installed.get(replaced[0])).__name__}): "
+                "something, such as a pipeline that installs its own attention processors, replaced it, so the "
+                "result has no temporal momentum there"
+            )
     finally:
         model.set_attn_processor(dict(originals))  # set_attn_processor pops from the dict it is given
 
@@ -315,6 +326,12 @@ def _latent_size(pipe, height, width) -> tuple[int, int]:
 _FRAME_AXIS_2_UNETS = ("UNetMotionModel", "UNet3DConditionModel")
 # Video UNets whose pipelines need more than a prompt (an image) or another latent layout.
 _OTHER_VIDEO_UNETS = ("UNetSpatioTemporalConditionModel", "I2VGenXLUNet")
+# Pipelines that install their own attention processors in their call (PAG is refused on its own).
+_PROCESSOR_SWAPPING_PIPELINES = (
+    "StableDiffusionAttendAndExcitePipeline",
+    "StableDiffusionSAGPipeline",
+    "StableDiffusionPix2PixZeroPipeline",
+)
 
 
 def _pipeline_kind(pipe) -> str:
@@ -353,6 +370,24 @@ def _pipeline_kind(pipe) -> str:
     def classes(names):
         return tuple(c for c in (getattr(diffusers, n, None) for n in names) if isinstance(c, type))
 
+    if isinstance(pipe, classes(_PROCESSOR_SWAPPING_PIPELINES)):
+        raise TypeError(
+            f"pipe: zero_shot_video cannot drive {pipe_name}: it installs its own attention processors during the "
+            "call, which would replace temporal momentum; use the plain pipeline"
+        )
+    image = params.get("image")
+    if image is not None and image.default is inspect.Parameter.empty:
+        raise TypeError(
+            f"pipe: zero_shot_video cannot drive {pipe_name}: it needs an input image (image-to-image or "
+            "image-to-video); it drives text-to-image and text-to-video pipelines"
+        )
+    if "strength" in params and "mask_image" not in params:
+        raise TypeError(
+            f"pipe: zero_shot_video cannot drive {pipe_name}: an image-to-image pipeline starts from its input image "
+            "noised to `strength`, and takes passed latents as that start, so the dependency noise would replace "
+            "the image; use the text-to-image pipeline"
+        )
+
     if isinstance(unet, classes(_FRAME_AXIS_2_UNETS)):
         if not {"prompt", "num_frames", "latents"} <= params.keys():
             raise TypeError(
@@ -390,7 +425,9 @@ def zero_shot_video(
               `num_images_per_prompt`): the frames are folded into the image batch, or
             - text-to-video with (B, C, F, H, W) latents and a `num_frames` argument (AnimateDiffPipeline,
               TextToVideoSDPipeline): `num_frames` is passed through.
-            Any other pipeline (video transformers, image-to-video) is refused with a TypeError up front.
+            Any other pipeline (video transformers, image-to-video, image-to-image, pipelines that install
+            their own attention processors) is refused with a TypeError up front; inpainting runs at
+            strength 1 only.
         prompt: a string (one video), a list of strings (one video each), or None
             with `prompt_embeds` in pipe_kwargs.
         num_frames: frames per video.
@@ -425,15 +462,30 @@ def zero_shot_video(
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be one torch.Generator or None, got {type(generator).__name__}")
 
+    for key in ("height", "width"):
+        if pipe_kwargs.get(key) is not None:
+            check_int(pipe_kwargs[key], key, minimum=1)
     if isinstance(prompt, str):
         videos = 1
     elif isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt) and prompt:
         videos, prompt = len(prompt), list(prompt)
     elif prompt is None and pipe_kwargs.get("prompt_embeds") is not None:
-        videos = pipe_kwargs["prompt_embeds"].shape[0]
+        embeds = pipe_kwargs["prompt_embeds"]
+        if not isinstance(embeds, torch.Tensor) or embeds.dim() < 2:
+            raise TypeError(
+                "prompt_embeds must be a tensor (videos, tokens, dim), got "
+                + (f"shape {tuple(embeds.shape)}" if isinstance(embeds, torch.Tensor) else type(embeds).__name__)
+            )
+        videos = embeds.shape[0]
     else:
         raise TypeError("prompt must be a string, a non-empty list of strings, or None with prompt_embeds")
     kind = _pipeline_kind(pipe)  # after the argument checks: they need no pipeline
+    if "strength" in pipe_kwargs and check_real(pipe_kwargs["strength"], "strength") != 1.0:
+        # an inpainting pipeline takes passed latents as pure noise: only at strength 1 is that its start
+        raise ValueError(
+            f"strength must be 1.0 (the default) with zero_shot_video, got {pipe_kwargs['strength']}: the latents "
+            "it passes are the start's pure noise, which is the pipeline's start only at strength 1"
+        )
     unet = pipe.unet
     self_attention_layer_names(unet)  # refuses an unsupported UNet before any noise is drawn
 
@@ -463,7 +515,7 @@ def zero_shot_video(
         call = {"num_images_per_prompt": num_frames}
 
     with temporal_momentum_processors(unet, momentum, num_frames):
-        output = pipe(prompt, latents=latents, generator=generator, **call, **pipe_kwargs)
+        output = pipe(prompt=prompt, latents=latents, generator=generator, **call, **pipe_kwargs)
 
     if kind == "video":
         frames = output[0] if isinstance(output, tuple) else output.frames
