@@ -87,7 +87,7 @@ def check_momentum(momentum, name: str = "momentum"):
     if isinstance(momentum, torch.Tensor):
         if not momentum.is_floating_point():
             raise TypeError(f"{name} tensor must be floating point, got {momentum.dtype}")
-        return momentum
+        return check_strided(momentum, name)
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
         raise TypeError(f"{name} must be a float in [0, 1] or a tensor, got {type(momentum).__name__}")
     try:
@@ -104,6 +104,15 @@ def check_tensor(value, name: str):
 
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return check_strided(value, name)
+
+
+def check_strided(value, name: str):
+    """A dense (strided) tensor: the kernels and references index memory; sparse layouts are refused by name."""
+    import torch
+
+    if value.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {value.layout}; use .to_dense()")
     return value
 
 

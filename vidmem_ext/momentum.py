@@ -47,6 +47,7 @@ def check_args(x, momentum, dim, initial, x_name: str = "x"):
     if initial is not None:
         if not isinstance(initial, torch.Tensor):
             raise TypeError(f"initial must be a tensor or None, got {type(initial).__name__}")
+        _checks.check_strided(initial, "initial")
         if initial.shape != slice_shape:
             raise ValueError(
                 f"initial must have the frame-slice shape {tuple(slice_shape)}, got {tuple(initial.shape)}"
@@ -101,6 +102,7 @@ def temporal_momentum(x: torch.Tensor, momentum=0.98, dim: int = 0, initial: tor
         and type(dim) is int
         and type(x) is torch.Tensor
         and x.dtype in _checks.float_dtypes()
+        and x.layout == torch.strided
         and -x.ndim <= dim < x.ndim
         and ((x.is_cpu and _backend._AVAILABLE[_CPU_KEY]) or (x.is_cuda and _backend._AVAILABLE[_CUDA_KEY]))
         and not (x.requires_grad and torch.is_grad_enabled())

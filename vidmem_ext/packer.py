@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd import forward_ad as _forward_ad
 
-from ._checks import check_int, int_text
+from ._checks import check_int, check_strided, int_text
 from .token_budget import MemoryTerm, check_latent, multi_term_memory_patchification, term_grid, validate_term
 
 __all__ = ["MultiTermMemoryPacker", "plan_memory_terms", "memory_term_kernel", "memory_token_positions"]
@@ -356,6 +356,7 @@ class MultiTermMemoryPacker(nn.Module):
     def _check_history(self, history) -> None:
         if not isinstance(history, torch.Tensor):
             raise TypeError(f"history must be a tensor of shape (B, C, T, H, W), got {type(history).__name__}")
+        check_strided(history, "history")
         expected = f"(B, C={self.in_channels}, T={self.num_frames}, H, W)"
         if history.dim() != 5:
             raise ValueError(f"history must have 5 dims {expected}, got {history.dim()} dims {tuple(history.shape)}")
