@@ -185,6 +185,10 @@ def test_a_processor_replaced_inside_the_block_is_reported(pipe):
     assert pipe.unet.attn_processors == originals
     with temporal_momentum_processors(pipe.unet, 0.5, 2) as processor:  # untouched: no error
         assert processor in pipe.unet.attn_processors.values()
+    for layers in ([], lambda name, module: False):  # the message blames the choice, not the model
+        with pytest.raises(ValueError, match="layers: .* chose no layer of UNet2DConditionModel"):
+            with temporal_momentum_processors(pipe.unet, 0.5, 2, layers=layers):
+                pytest.fail("the body must not run")
 
 
 def test_latents_take_the_vae_channels_when_the_unet_takes_more(pipe):

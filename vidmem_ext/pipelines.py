@@ -282,7 +282,9 @@ def temporal_momentum_processors(model, momentum=0.98, num_frames: int = 8, laye
     names = set(_choose_layers(model, layers))
     if not names:
         raise ValueError(
-            f"model: {type(model).__name__} has no spatial self-attention layers to install the processor on "
+            f"layers: {layers!r} chose no layer of {type(model).__name__} to install the processor on"
+            if layers is not None
+            else f"model: {type(model).__name__} has no spatial self-attention layers to install the processor on "
             "(pass layers=... to choose some)"
         )
     originals = dict(model.attn_processors)
