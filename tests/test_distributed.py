@@ -246,6 +246,31 @@ def _error_cases(rank, world, group):
         )
     )
 
+    square = torch.randn(4, 4, dtype=torch.float64)  # the same frame-slice shape along either axis
+    records.append(
+        _error_case(
+            rank,
+            group,
+            "ranks scan along different axes",
+            ValueError,
+            "dim must be the same frame axis",
+            lambda: vdist.temporal_momentum(square, 0.9, rank % 2, group),
+        )
+    )
+    # `initial` passed fourth (where group goes) on the last rank only: it raises its TypeError, the others
+    # raise at once (they waited in the header exchange until the collective timed out)
+    misplaced = torch.zeros(4, 6, dtype=torch.float64) if rank == world - 1 else group
+    records.append(
+        _error_case(
+            rank,
+            group,
+            "initial passed as group on the last rank only",
+            TypeError if rank == world - 1 else ValueError,
+            "pass initial by keyword" if rank == world - 1 else f"arguments of ranks [{world - 1}] failed",
+            lambda: vdist.temporal_momentum(x, 0.9, 0, misplaced),
+        )
+    )
+
     def second_order():
         x_leaf = x.clone().requires_grad_(True)
         y = vdist.temporal_momentum(x_leaf, 0.7, 0, group)
@@ -347,6 +372,15 @@ def _exact_edges_cases(rank, world, group):
     momentum = torch.tensor([0.0, 0.7, 1.0], dtype=torch.float64)
     start, length = 3 * rank, 3
     records = []
+    # A float momentum as the kernels read it, rounded to the accumulation dtype: 1 - 1e-9 is exactly 1 in
+    # fp32 (every frame is frame 0, however many ranks), and -0.0 is momentum 0 on every rank.
+    x32 = x.float()
+    y = vdist.temporal_momentum(x32.narrow(0, start, length), 1 - 1e-9, 0, group)
+    ok = torch.equal(y.nan_to_num(), x32[:1].expand(length, 2, 3).nan_to_num())
+    records.append({"kind": "match", "case": "fp32 momentum 1 - 1e-9 is 1", "ok": ok, "detail": f"{y.flatten()[:6]}"})
+    y = vdist.temporal_momentum(x.narrow(0, start, length), -0.0 if rank else 0.0, 0, group)
+    ok = torch.equal(y.nan_to_num(), x.narrow(0, start, length).nan_to_num())
+    records.append({"kind": "match", "case": "momentum -0.0 and 0.0 agree", "ok": ok, "detail": f"{y.flatten()[:6]}"})
     for m in (0.0, 1.0, momentum):
         y = vdist.temporal_momentum(x.narrow(0, start, length), m, 0, group)
         want = vidmem_ext.temporal_momentum(x, m, 0).narrow(0, start, length)
@@ -405,8 +439,17 @@ def _subgroup_cases(rank, world):
     """A group that excludes global rank 0: group ranks, not global ranks, order the blocks."""
     members = list(range(1, world))
     group = dist.new_group(members)  # every process must create it
-    if rank not in members:
-        return []
+    if rank not in members:  # new_group gave this process a placeholder, not a group
+        return [
+            _error_case(
+                rank,
+                group,
+                "a process outside the group",
+                RuntimeError,
+                "not a member of the given process group",
+                lambda: vdist.temporal_momentum(torch.randn(3, 4), 0.9, 0, group),
+            )
+        ]
     group_rank = members.index(rank)
     sizes = [3, 5][: len(members)] if len(members) == 2 else [4]
     x, momentum, initial, upstream = _make_inputs(11, 0, sum(sizes), "channel", True)

@@ -73,6 +73,9 @@ _MAGIC = 0x766D5F6D6F6D  # "vm_mom": a different collective on some rank shows u
 _MAX_LISTED_DIMS = 8  # frame-slice dims written out for error messages (all dims enter the hash)
 _FLAG_INITIAL, _FLAG_MOMENTUM_TENSOR, _FLAG_NEEDS_GRAD = 1, 2, 4
 _FLAG_BAD_ARGUMENTS = 8  # the rank's own argument checks failed: every rank raises, none waits for it
+# x_local's number of dims and the frame dim, in the flags' upper bits (every other slot is taken): ranks that
+# scan along different axes of the same frame-slice shape would otherwise go unnoticed
+_NDIM_SHIFT, _DIM_SHIFT, _DIM_MASK = 16, 32, 0xFFFF
 # slot indices
 _S_MAGIC, _S_LEN, _S_FLAGS, _S_DTYPE, _S_NDIM, _S_NUMEL, _S_HASH, _S_MOMENTUM, _S_DIMS = range(9)
 
@@ -120,8 +123,9 @@ def _shape_hash(shape) -> int:
 class _Plan:
     """What one call knows before the exchange (non-tensor arguments of _CarryExchange)."""
 
-    def __init__(self, group, rank, world, length, slice_shape, dtype, m_value, has_initial, needs_grad):
+    def __init__(self, group, rank, world, length, slice_shape, dtype, m_value, has_initial, needs_grad, ndim, dim):
         self.group, self.rank, self.world, self.length = group, rank, world, length
+        self.ndim, self.dim = ndim, dim
         self.slice_shape, self.dtype, self.acc = slice_shape, dtype, acc_dtype(dtype)
         self.m_value, self.has_initial, self.needs_grad = m_value, has_initial, needs_grad
         self.lengths: list[int] = []  # every rank's block length, from the header exchange
@@ -132,6 +136,8 @@ class _Plan:
             (_FLAG_INITIAL if self.has_initial else 0)
             | (_FLAG_MOMENTUM_TENSOR if self.m_value is None else 0)
             | (_FLAG_NEEDS_GRAD if self.needs_grad else 0)
+            | (min(self.ndim, _DIM_MASK) << _NDIM_SHIFT)
+            | (min(self.dim, _DIM_MASK) << _DIM_SHIFT)
         )
         h[_S_MAGIC], h[_S_LEN], h[_S_FLAGS], h[_S_DTYPE] = _MAGIC, self.length, flags, _DTYPE_CODES[self.dtype]
         h[_S_NDIM], h[_S_NUMEL], h[_S_HASH] = (
@@ -194,6 +200,13 @@ def _check_headers(headers: torch.Tensor) -> list[int]:
     if differing(_S_NDIM) or differing(_S_NUMEL) or differing(_S_HASH):
         shapes = ", ".join(f"rank {q}: {_describe_slice(r)}" for q, r in enumerate(rows))
         raise ValueError(f"x_local must have the same frame-slice shape (all dims but dim) on every rank, got {shapes}")
+    axes = _DIM_MASK << _NDIM_SHIFT | _DIM_MASK << _DIM_SHIFT
+    if differing(_S_FLAGS, axes):
+        dims = ", ".join(
+            f"rank {q}: dim {r[_S_FLAGS] >> _DIM_SHIFT & _DIM_MASK} of {r[_S_FLAGS] >> _NDIM_SHIFT & _DIM_MASK}"
+            for q, r in enumerate(rows)
+        )
+        raise ValueError(f"dim must be the same frame axis of an x_local of as many dims on every rank, got {dims}")
     if differing(_S_FLAGS, _FLAG_INITIAL):
         given = [q for q in range(world) if rows[q][_S_FLAGS] & _FLAG_INITIAL]
         raise ValueError(f"initial must be given on every rank or on none; it was given on ranks {given} only")
@@ -421,13 +434,20 @@ def temporal_momentum(
         bad_arguments = None
     except (TypeError, ValueError, IndexError) as exc:
         bad_arguments = exc
+    initialized = dist.is_available() and dist.is_initialized()
+    if initialized and group is dist.GroupMember.NON_GROUP_MEMBER:  # what new_group returns to non-members
+        raise RuntimeError("group: this process is not a member of the given process group")
     if group is not None and not (dist.is_available() and isinstance(group, dist.ProcessGroup)):
         # e.g. `initial` passed fourth, as the single-process op takes it (here it is keyword-only)
-        raise TypeError(
+        bad_group = TypeError(
             f"group must be a torch.distributed.ProcessGroup or None, got {type(group).__name__}; "
             "pass initial by keyword (initial=...)"
         )
-    if not dist.is_available() or not dist.is_initialized():
+        if not initialized:
+            raise bad_group
+        # The other ranks most likely meant the default group and wait in its header exchange: tell them.
+        bad_arguments, group = bad_group, None
+    if not initialized:
         if bad_arguments is not None:
             raise bad_arguments
         raise RuntimeError(
@@ -449,8 +469,14 @@ def temporal_momentum(
     x = x_local
     length = x.shape[dim]
     acc = acc_dtype(x.dtype)
+    if m_value is not None:
+        # As the kernels read it: rounded to the accumulation dtype (1 - 1e-9 is exactly 1 in fp32, a lane that
+        # keeps its state), and -0.0 is 0.0; the carries and the header use this value.
+        m_value = torch.tensor(m_value, dtype=acc).item() + 0.0
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, m_tensor, initial))
-    plan = _Plan(group, rank, world, length, slice_shape, x.dtype, m_value, initial is not None, needs_grad)
+    plan = _Plan(
+        group, rank, world, length, slice_shape, x.dtype, m_value, initial is not None, needs_grad, x.dim(), dim
+    )
     # The header first, in its own fixed-size collective: every rank checks every rank's arguments and
     # raises the same error before any message whose size depends on them.
     headers = torch.empty(world * _HEADER_SLOTS, dtype=torch.int64, device=x.device)
