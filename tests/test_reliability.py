@@ -307,6 +307,33 @@ def test_transforms_round_a_float_momentum_as_the_kernels_do(momentum):
         assert torch.equal(eager.nan_to_num(), (x[:1].expand_as(x) if momentum > 0.5 else x).nan_to_num())
 
 
+def test_reverse_transforms_keep_the_exact_lanes_of_a_captured_momentum():
+    # Under torch.func.vjp (the reference runs) a momentum that carries no tangent keeps the endpoints'
+    # exact branch: infinite cotangents give what eager autograd gives, no 0 * inf = NaN.
+    gen = torch.Generator().manual_seed(12)
+    x, initial, cotangent = (torch.randn(s, generator=gen) for s in ((5, 3), (3,), (5, 3)))
+    m = torch.tensor([0.0, 1.0, 0.5])
+    cotangent[0, 0] = cotangent[1, 1] = float("inf")
+    _, vjp = torch.func.vjp(lambda x, i: tm(x, m, 0, i), x, initial)
+    got = vjp(cotangent)
+    xs, inits = x.clone().requires_grad_(), initial.clone().requires_grad_()
+    want = torch.autograd.grad(tm(xs, m, 0, inits), (xs, inits), cotangent)
+    for g, w in zip(got, want):
+        assert not g.isnan().any() and torch.equal(g, w)
+
+
+def test_compiled_fallback_takes_a_changing_float_momentum(monkeypatch):
+    # Without the kernels the op runs the reference, which reads a float momentum rounded to the
+    # accumulation dtype; compiled, a momentum that changes between calls must not need its value.
+    monkeypatch.setattr(vidmem_ext._backend, "use_kernel", lambda op, device: False)
+    torch._dynamo.reset()
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(13))
+    compiled = torch.compile(lambda t, m: tm(t, m, 0), fullgraph=True, backend="eager")
+    for m in (0.5, 0.25, 0.0, 1.0, 1 - 1e-9):
+        assert torch.equal(compiled(x, m), vidmem_ext.reference.temporal_momentum_loop(x, m, 0))
+    assert torch.equal(compiled(x, 1 - 1e-9), x[:1].expand_as(x))
+
+
 def test_forward_and_reverse_mode_agree_at_momentum_0_and_1():
     # Lanes of momentum exactly 0 or 1 take the exact endpoint values, but d/dm there is the formula's
     # (the one-sided limit): forward mode (jacfwd, jvp, forward_ad), where m carries a tangent without

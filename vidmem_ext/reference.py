@@ -39,8 +39,10 @@ def temporal_momentum_loop(x: torch.Tensor, momentum=0.98, dim: int = 0, initial
     acc = acc_dtype(x.dtype)
     frames = x.movedim(dim, 0).to(acc)
     # A float momentum is rounded to the accumulation dtype as the kernels read it: e.g. 1 - 1e-9 is exactly
-    # 1 in fp32, a lane that keeps its first state bit for bit.
-    m = momentum.to(acc) if isinstance(momentum, torch.Tensor) else torch.tensor(momentum, dtype=acc).item()
+    # 1 in fp32, a lane that keeps its first state bit for bit. (A 0-d tensor, not .item(): torch.compile
+    # cannot branch on a value it only knows at run time.)
+    m = momentum if isinstance(momentum, torch.Tensor) else torch.tensor(momentum, dtype=acc, device=x.device)
+    m = m.to(acc)
     if frames.shape[0] == 0:
         return x.clone()
     prev = None if initial is None else initial.to(acc)
@@ -61,17 +63,19 @@ def _ema_step(m, prev: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
     step = m * prev + (1 - m) * frame
     exact = torch.where(m == 0, frame, prev)
     use_exact = (m == 0) | (m == 1)
-    differentiated = (torch.is_grad_enabled() and m.requires_grad) or _derivatives_may_flow()
+    differentiated = (torch.is_grad_enabled() and m.requires_grad) or _has_tangent(m)
     if differentiated:
         # Keep the formula (and so its d/dm) wherever it already equals the exact value.
         use_exact = use_exact & (step != exact)
     return torch.where(use_exact, exact, step)
 
 
-def _derivatives_may_flow() -> bool:
-    """True under forward-mode AD or a torch.func transform (jvp, jacfwd, ...), where m may carry a
-    tangent although it does not require grad."""
-    return torch.autograd.forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
+def _has_tangent(m: torch.Tensor) -> bool:
+    """True when m carries a forward-mode tangent (forward_ad, torch.func.jvp / jacfwd), which a momentum
+    does without requiring grad. (Not any torch.func transform: under vjp or grad the exact branch must
+    stay, or a non-finite cotangent reaches 0 * inf.)"""
+    fwad = torch.autograd.forward_ad
+    return fwad._current_level >= 0 and fwad.unpack_dual(m).tangent is not None
 
 
 def momentum_matrix(num_frames: int, momentum, dtype=torch.float64, device=None) -> torch.Tensor:
