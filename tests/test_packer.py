@@ -223,6 +223,19 @@ def test_frozen_packer_composes_with_torch_func_and_outside_tensors():
     torch.testing.assert_close(grad, expected[:, :n0].sum(), rtol=1e-12, atol=1e-12)
 
 
+def test_out_of_memory_in_a_wrapped_projection_stays_out_of_memory():
+    # A hooked projection runs its own forward; its errors are explained, but an OutOfMemoryError is no
+    # wrong projection, and callers that retry on it must see it as it is.
+    packer = MultiTermMemoryPacker([term(1)], 2, 4)
+
+    def exhausted(module, args):
+        raise torch.OutOfMemoryError("no memory left")
+
+    packer.projections[0].register_forward_pre_hook(exhausted)
+    with pytest.raises(torch.OutOfMemoryError, match="^no memory left$"):
+        packer(torch.randn(1, 2, 1, 2, 2))
+
+
 def test_a_projection_of_the_wrong_shape_is_named():
     """A Conv3d whose weight has as many elements as the right one but other channels must not be read as
     the right one (its weight would reshape to (embed_dim, -1) and give wrong tokens)."""
@@ -535,6 +548,8 @@ def test_plan_with_a_huge_max_stride_stops_at_the_level_that_covers_everything()
     assert [t.temporal_stride for t in huge] == [32, 8, 1]
     with pytest.raises(ValueError, match=r"needs at least \d+ tokens .* at max_stride 2\*\*80000,"):
         plan_memory_terms(40, 16, 16, 1, recent_frames=2, max_stride=2**80000)
+    with pytest.raises(ValueError, match=r"history_frames must be >= 0, got -about 2\*\*80001"):
+        plan_memory_terms(-3 * 2**80000, 16, 16, 1)
 
 
 def test_positions_of_an_impossible_latent_name_it():

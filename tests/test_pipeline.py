@@ -142,6 +142,8 @@ def test_bad_arguments_give_clear_errors(pipe):
         zero_shot_video(pipe, "a", height=16, width="abc")
     with pytest.raises(TypeError, match="prompt_embeds must be a tensor"):
         zero_shot_video(pipe, None, prompt_embeds=[1, 2])
+    with pytest.raises(ValueError, match=r"prompt_embeds must have shape \(videos, tokens, dim\), got \(2, 8\)"):
+        zero_shot_video(pipe, None, prompt_embeds=torch.zeros(2, 8))
     assert pipe.unet.attn_processors == originals
 
 
@@ -168,6 +170,18 @@ def test_pipelines_that_start_from_an_image_or_swap_processors_are_refused(pipe)
     inpaint = diffusers.StableDiffusionInpaintPipeline(**_parts(pipe))
     with pytest.raises(ValueError, match="strength must be 1.0"):
         zero_shot_video(inpaint, "a", num_frames=2, image=torch.zeros(1, 3, 32, 32), strength=0.5)
+
+    class AlmostOneByDefault(diffusers.StableDiffusionInpaintPipeline):  # as SDXL inpainting: 0.9999
+        def __call__(self, prompt=None, image=None, mask_image=None, strength=0.9999, num_images_per_prompt=1,
+                     latents=None, **kwargs):  # fmt: skip
+            return super().__call__(
+                prompt=prompt, image=image, mask_image=mask_image, strength=strength,
+                num_images_per_prompt=num_images_per_prompt, latents=latents, **kwargs,
+            )  # fmt: skip
+
+    almost = AlmostOneByDefault(**_parts(pipe))
+    with pytest.raises(ValueError, match=r"got 0.9999 \(AlmostOneByDefault's default\): pass strength=1.0"):
+        zero_shot_video(almost, "a", num_frames=2, image=torch.zeros(1, 3, 32, 32))
     assert pipe.unet.attn_processors == originals
 
 

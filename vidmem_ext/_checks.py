@@ -34,12 +34,13 @@ def acc_dtype(dtype):
 
 
 def int_text(value: int) -> str:
-    """value in decimal, or as a power of two when it is too long for Python to print (over 4300 digits)."""
+    """value in decimal, or, when longer than about 1200 digits (Python prints at most 4300), as the power
+    of two it is or is just above."""
     if value.bit_length() <= 4096:  # 1234 digits at most
         return str(value)
     k = abs(value).bit_length() - 1
     sign = "-" if value < 0 else ""
-    return f"{sign}2**{k}" if abs(value) == 1 << k else f"{sign}2**{k} + {abs(value) - (1 << k)} (about)"
+    return f"{sign}2**{k}" if abs(value) == 1 << k else f"{sign}about 2**{k}"
 
 
 def check_int(value, name: str, minimum: int | None = None, maximum: int | None = None) -> int:

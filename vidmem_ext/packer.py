@@ -427,6 +427,8 @@ class MultiTermMemoryPacker(nn.Module):
             # e.g. a LoRA wrapper or a hooked module: run its own forward
             try:
                 embedded = proj(_pad_to_kernel(frames, kernel))
+            except torch.OutOfMemoryError:
+                raise  # not a wrong projection: callers that retry on it must see it as it is
             except RuntimeError as exc:
                 raise RuntimeError(
                     f"projections[{index}] failed on terms[{index}] (frames {tuple(frames.shape)}): it must act as "

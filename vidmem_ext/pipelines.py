@@ -473,21 +473,26 @@ def zero_shot_video(
         videos, prompt = len(prompt), list(prompt)
     elif prompt is None and pipe_kwargs.get("prompt_embeds") is not None:
         embeds = pipe_kwargs["prompt_embeds"]
-        if not isinstance(embeds, torch.Tensor) or embeds.dim() < 2:
-            raise TypeError(
-                "prompt_embeds must be a tensor (videos, tokens, dim), got "
-                + (f"shape {tuple(embeds.shape)}" if isinstance(embeds, torch.Tensor) else type(embeds).__name__)
-            )
+        if not isinstance(embeds, torch.Tensor):
+            raise TypeError(f"prompt_embeds must be a tensor (videos, tokens, dim), got {type(embeds).__name__}")
+        if embeds.dim() != 3:
+            raise ValueError(f"prompt_embeds must have shape (videos, tokens, dim), got {tuple(embeds.shape)}")
         videos = embeds.shape[0]
     else:
         raise TypeError("prompt must be a string, a non-empty list of strings, or None with prompt_embeds")
     kind = _pipeline_kind(pipe)  # after the argument checks: they need no pipeline
-    if "strength" in pipe_kwargs and check_real(pipe_kwargs["strength"], "strength") != 1.0:
-        # an inpainting pipeline takes passed latents as pure noise: only at strength 1 is that its start
-        raise ValueError(
-            f"strength must be 1.0 (the default) with zero_shot_video, got {pipe_kwargs['strength']}: the latents "
-            "it passes are the start's pure noise, which is the pipeline's start only at strength 1"
-        )
+    # An inpainting pipeline takes passed latents as pure noise: only at strength 1 is that its start. Some
+    # default to another strength (SDXL inpainting: 0.9999), so the default counts too, and then 1.0 is passed.
+    default_strength = inspect.signature(pipe.__call__).parameters.get("strength")
+    if "strength" in pipe_kwargs or default_strength is not None:
+        strength = pipe_kwargs.get("strength", default_strength.default if default_strength else 1.0)
+        if check_real(strength, "strength") != 1.0:
+            raise ValueError(
+                f"strength must be 1.0 with zero_shot_video, got {strength}"
+                + ("" if "strength" in pipe_kwargs else f" ({type(pipe).__name__}'s default): pass strength=1.0")
+                + ": the latents it passes are the start's pure noise, which is the pipeline's start only at "
+                "strength 1"
+            )
     unet = pipe.unet
     self_attention_layer_names(unet)  # refuses an unsupported UNet before any noise is drawn
 
