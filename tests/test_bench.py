@@ -67,6 +67,26 @@ def test_quick_cpu_run_writes_json_markdown_and_png(tiny, tmp_path, capsys):
         assert image.format == "PNG" and image.width > 300 and image.height > 200
 
 
+def test_a_run_records_its_settings_replaces_a_stale_plot_and_flags_the_reference(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    argv = ["--device", "cpu", "--quick", "--out", str(out), "--no-progress"]
+    assert bench.main([*argv, "--ops", "momentum", "--impls", "vidmem_ext", "--dtypes", "fp32"]) == 0
+    data = json.loads((out / "bench.json").read_text())
+    assert data["settings"]["impls"] == "vidmem_ext" and data["settings"]["quick"] is True
+    assert (out / "bench.png").exists()
+    assert bench.main([*argv, "--ops", "noise"]) == 0  # nothing to plot: the momentum plot must not stay
+    data = json.loads((out / "bench.json").read_text())
+    assert not (out / "bench.png").exists()
+    assert "noise: medians of repeated calls" in data["timing"] and "alternating" not in data["timing"]
+    # without the compiled kernels the rows time the Python reference: they and the goals say so
+    monkeypatch.setattr(vidmem_ext._backend, "compiled_for", lambda op, device: False)
+    assert bench.main([*argv, "--ops", "noise"]) == 0
+    data = json.loads((out / "bench.json").read_text())
+    ours = [r for r in data["rows"] if r["impl"] == "vidmem_ext"]
+    assert ours and all(r["note"].startswith("Python reference: no compiled kernels") for r in ours)
+    assert data["goals"][0] == "goals of noise not met: measured on the Python reference"
+
+
 def test_the_command_line_entry_point(tmp_path):
     # As a user runs it: through `python -m vidmem_ext`, one small op.
     out = tmp_path / "o"
@@ -379,6 +399,11 @@ def test_runs_merge_without_losing_a_wrong_result_or_a_nan():
     wrong = row(None, note="skipped: result differs from the loop reference")
     (merged,) = bench.median_rows([[row(1.0)], [wrong], [row(1.1)]])
     assert merged["x_clone"] is None and "result differs" in merged["note"] and "1 of 3 runs" in merged["note"]
+    # any op's failed result check (the rows say "wrong"), e.g. noise that is not standard normal
+    noise_wrong = {**row(None, note="skipped: a frame is not standard normal"), "op": "noise", "wrong": True}
+    noise_ok = [{**row(t), "op": "noise", "wrong": False} for t in (1.0, 3.0)]
+    (merged,) = bench.median_rows([[noise_ok[0]], [noise_wrong], [noise_ok[1]]])
+    assert merged["median_ms"] is None and "not standard normal" in merged["note"]
 
 
 def test_json_has_no_nan(tmp_path):

@@ -102,6 +102,12 @@ def use_kernel(op: str, device: torch.device | str) -> bool:
     return False
 
 
+def compiled_for(op: str, device: torch.device | str) -> bool:
+    """Whether the compiled kernels of `op` exist for `device` (as use_kernel, without its warning)."""
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    return _AVAILABLE.get((op, device_type), False)
+
+
 def fallbacks() -> dict[str, list[str]]:
     """For each public op, the device types on which it falls back to the Python reference."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() or cuda_compiled() else [])

@@ -20,6 +20,8 @@ DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp64":
 # Bounds that keep a typo from running for hours (a full CPU run takes minutes; 5 runs are what the
 # records use) or asking torch for absurd thread counts.
 MAX_RUNS = 100
+# The compiled op each benchmarked op runs (the packer is plain PyTorch).
+_KERNEL_OF_OP = {"momentum": "temporal_momentum", "attention": "temporal_momentum", "noise": "dependency_noise"}
 MAX_THREADS = 1024
 
 
@@ -104,7 +106,7 @@ def median_rows(runs: list[list[dict]]) -> list[dict]:
         same = [r for rows in runs for r in rows if key(r) == key(row)]
         # A run whose result was wrong (or failed) is not outvoted by the others: the row says so.
         wrong_notes = ("skipped: result differs", "skipped: gradient", "failed")
-        wrong = [r for r in same if str(r.get("note", "")).startswith(wrong_notes)]
+        wrong = [r for r in same if r.get("wrong") or str(r.get("note", "")).startswith(wrong_notes)]
         if wrong:
             merged.append({**wrong[0], "note": f"{wrong[0]['note']} (in {len(wrong)} of {len(runs)} runs)"})
             continue
@@ -179,13 +181,18 @@ def run(args, parser: argparse.ArgumentParser | None = None) -> int:
 
     meta = {"device": device_name(device), "device_type": device.type, **build_info()}
     meta["date"] = time.strftime("%Y-%m-%d %H:%M")
+    # the command's own settings, so that a record says how it was made
+    meta["settings"] = {k: v for k, v in sorted(vars(args).items()) if isinstance(v, (str, int, float, type(None)))}
+    timing = []
     if device.type == "cpu":
         with allocation_mode("mapped") as mapped:
             pass  # stays in effect for the run (see timing.allocation_mode)
-        meta["timing"] = (
-            "CPU: medians of runs in blocks of 3 alternating with x.clone() (the first run of each block untimed), "
-            "ratios = median of per-block ratios; "
-        ) + (
+        if "momentum" in ops:
+            timing.append(
+                "momentum (CPU): medians of runs in blocks of 3 alternating with x.clone() (the first run of each "
+                "block untimed), ratios = median of per-block ratios"
+            )
+        timing.append(
             "memory stays mapped (mallopt raised glibc's mmap and trim thresholds; tensors <= 32 MB); "
             "fresh_x_clone: the same with every allocation mapped fresh"
             if mapped
@@ -193,11 +200,22 @@ def run(args, parser: argparse.ArgumentParser | None = None) -> int:
         )
         if hasattr(os, "getloadavg"):
             meta["load"] = "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    else:
-        meta["timing"] = "CUDA: medians of event-timed runs; clone timed the same way in the same run"
+    elif "momentum" in ops:
+        timing.append("momentum (CUDA): medians of event-timed runs; clone timed the same way in the same run")
+    others = [op for op in ops if op != "momentum"]
+    if others:
+        baselines = {"attention": "sdpa", "noise": "torch.randn", "packer": "conv3d"}
+        timing.append(
+            f"{', '.join(others)}: medians of repeated calls, ratios to "
+            + ", ".join(baselines[op] for op in others)
+            + " timed the same way in the same run"
+        )
+    meta["timing"] = "; ".join(timing)
     print(f"vidmem_ext bench on {meta['device']}: torch {meta['torch']} ({meta['torch_build']}), "
           f"compiled kernels: {meta['compiled']}{'; --quick' if args.quick else ''}", flush=True)  # fmt: skip
 
+    # Without compiled kernels for this device the ops run the Python reference: say so on every such row.
+    fallback = {op for op, kernel in _KERNEL_OF_OP.items() if op in ops and not _backend.compiled_for(kernel, device)}
     runs = []
     for _ in range(args.runs):
         rows, goals = collect(device, ops, quick=args.quick, dtypes=dtypes, compile_loop=not args.no_compile,
@@ -211,6 +229,12 @@ def run(args, parser: argparse.ArgumentParser | None = None) -> int:
         rows = median_rows(runs)
         goals = goals if args.quick else momentum.goals(rows, device) + noise.goals(rows, device)
         meta["timing"] += f"; every figure is the median over {args.runs} runs of the whole benchmark"
+    for row in rows:
+        if row.get("op") in fallback and row.get("impl") == "vidmem_ext":
+            note = "Python reference: no compiled kernels for this device"
+            row["note"] = f"{note}; {row['note']}" if row.get("note") else note
+    if fallback:
+        goals = [f"goals of {', '.join(sorted(fallback))} not met: measured on the Python reference", *goals]
     print(text_table(rows))
     if goals:
         print("== goals")

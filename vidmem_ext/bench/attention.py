@@ -88,6 +88,7 @@ def measure(shape, dtype: torch.dtype, device: torch.device, *, quick: bool) -> 
             "median_ms": times[name] * 1e3 if name in times else None,
             "x_sdpa": times[name] / times["sdpa"] if name in times else None,
             "note": wrong.get(name, ""),
+            "wrong": name in wrong,  # a failed result check: median_rows keeps it over other runs
         }
         for name in impls
     ]

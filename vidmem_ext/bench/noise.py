@@ -135,6 +135,7 @@ def measure(shape, dtype: torch.dtype, device: torch.device, *, quick: bool, pea
                 "median_ms": None if seconds is None else seconds * 1e3,
                 "x_randn": None if seconds is None else seconds / times["torch.randn"],
                 "note": note,
+                "wrong": bool(wrong.get(name)),  # a failed result check: median_rows keeps it over other runs
             }
         )
     return rows

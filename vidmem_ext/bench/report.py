@@ -102,6 +102,8 @@ def write(out_dir: str, meta: dict, rows: list[dict], goals: list[str], stem: st
     png = os.path.join(out_dir, f"{stem}.png")
     if plot(meta, rows, png):
         paths.append(png)
+    elif os.path.isfile(png):
+        os.remove(png)  # an earlier run's plot beside this run's results would pass for this run's
     return paths
 
 
