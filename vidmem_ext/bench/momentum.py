@@ -287,7 +287,7 @@ def measure(layout: Layout, dtype: torch.dtype, device: torch.device, *, quick: 
             leaves = [a.detach().requires_grad_() for a in args]
             grad_out = torch.randn_like(_call_peer(name, peer, leaves))
             add(name, "fwd+bwd", *timed(lambda: torch.autograd.grad(_call_peer(name, peer, leaves), leaves, grad_out)),
-                note=note)  # fmt: skip
+                note=f"{note}; gradients of gates and tokens (vidmem_ext's fwd+bwd: of x alone)")  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - reported on the fwd+bwd row, the fwd row stands
             add(name, "fwd+bwd", note=f"skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
 
