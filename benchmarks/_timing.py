@@ -19,7 +19,16 @@ from vidmem_ext.bench.timing import alternating, device_name, median_time  # noq
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def write_results(name: str, device, rows: list[dict], columns: list[str], notes: str = "") -> tuple[str, str]:
-    """Write rows as benchmarks/results/<name>_<device type>.json and .md; return both paths."""
+def add_out_argument(parser) -> None:
+    """--out: where the results go (default benchmarks/results/, the recorded ones; a scratch folder keeps them)."""
+    parser.add_argument(
+        "--out", default=RESULTS_DIR, help="folder for the .json and .md results (default: benchmarks/results)"
+    )
+
+
+def write_results(
+    name: str, device, rows: list[dict], columns: list[str], notes: str = "", out_dir: str = RESULTS_DIR
+) -> tuple[str, str]:
+    """Write rows as <out_dir>/<name>_<device type>.json and .md; return both paths."""
     device = torch.device(device)
-    return report.write_results(RESULTS_DIR, name, device_name(device), device.type, rows, columns, notes)
+    return report.write_results(out_dir, name, device_name(device), device.type, rows, columns, notes)

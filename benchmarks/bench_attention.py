@@ -14,7 +14,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import write_results  # noqa: E402
+from _timing import add_out_argument, write_results  # noqa: E402
 
 from vidmem_ext import _backend  # noqa: E402
 from vidmem_ext.bench import attention, report  # noqa: E402
@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small shapes and few repeats (a smoke run)")
     parser.add_argument("--device", choices=["cpu", "cuda"], action="append", help="default: cpu, and cuda if present")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     if "cuda" in (args.device or ()) and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU available")
@@ -45,6 +46,7 @@ def main(argv=None) -> int:
                 rows,
                 report.COLUMNS["attention"],
                 notes,
+                out_dir=args.out,
             ),
         )
     return 0

@@ -18,7 +18,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import write_results  # noqa: E402
+from _timing import add_out_argument, write_results  # noqa: E402
 
 from vidmem_ext.bench import collect, parse_dtypes, report  # noqa: E402
 from vidmem_ext.bench.timing import allocation_mode, device_name  # noqa: E402
@@ -31,6 +31,7 @@ def main(argv=None):
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the loop reference")
     parser.add_argument("--dtypes", default=None, help="e.g. fp32,bf16 (default: fp32, bf16, and fp16 on the CPU)")
     parser.add_argument("--threads", type=int, default=None)
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -52,7 +53,7 @@ def main(argv=None):
     print("\n".join(goals))
     notes = "Ratios in one run; CPU: alternating with x.clone(), memory kept mapped. Goals: " + "; ".join(goals)
     paths = write_results("bench_momentum_quick" if args.quick else "bench_momentum", device, rows,
-                          report.COLUMNS["momentum"], notes)  # fmt: skip
+                          report.COLUMNS["momentum"], notes, out_dir=args.out)  # fmt: skip
     print("wrote", *paths)
 
 

@@ -18,7 +18,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import write_results  # noqa: E402
+from _timing import add_out_argument, write_results  # noqa: E402
 
 from vidmem_ext import _backend  # noqa: E402
 from vidmem_ext.bench import noise, report  # noqa: E402
@@ -44,6 +44,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="tiny shape, fewer repeats (a smoke run)")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     for name in ["cpu", "cuda"] if args.device == "all" else [args.device]:
         if name == "cuda" and not (torch.cuda.is_available() and _backend.cuda_compiled()):
@@ -65,7 +66,12 @@ def main(argv=None):
         print(
             "wrote",
             *write_results(
-                "bench_noise_quick" if args.quick else "bench_noise", device, rows, report.COLUMNS["noise"], notes
+                "bench_noise_quick" if args.quick else "bench_noise",
+                device,
+                rows,
+                report.COLUMNS["noise"],
+                notes,
+                out_dir=args.out,
             ),
         )
 

@@ -14,7 +14,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import write_results  # noqa: E402
+from _timing import add_out_argument, write_results  # noqa: E402
 
 from vidmem_ext.bench import packer, report  # noqa: E402
 from vidmem_ext.bench.timing import device_name  # noqa: E402
@@ -26,6 +26,7 @@ def main(argv=None):
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all", help="all: CPU, and CUDA if present")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--embed-dim", type=int, default=3072)
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     for flag, value in (("--batch", args.batch), ("--embed-dim", args.embed_dim)):
         if not 1 <= value <= 1 << 16:
@@ -52,7 +53,12 @@ def main(argv=None):
         print(
             "wrote",
             *write_results(
-                "bench_packer_quick" if args.quick else "bench_packer", device, rows, report.COLUMNS["packer"], notes
+                "bench_packer_quick" if args.quick else "bench_packer",
+                device,
+                rows,
+                report.COLUMNS["packer"],
+                notes,
+                out_dir=args.out,
             ),
         )
 
