@@ -417,13 +417,13 @@ def temporal_momentum(
     Communication, per call (W = group size, S = frame-slice elements, b = 4 bytes,
     or 8 for fp64 inputs; fp16/bf16 carry their states in fp32):
         header:   one all-gather of 128 bytes per rank (lengths, dtype, slice shape,
-                  momentum, `initial` presence, grad mode), W*128 received;
+                  dim, momentum, `initial` presence, grad mode), W*128 received;
         forward:  one all-gather of 2*S*b bytes per rank (end state, first frame),
                   W*2*S*b received on each rank;
         backward: one all-gather of S*b bytes per rank, W*S*b received.
     That is O(W x frame slice), independent of the number of frames. The header
     goes first, in its own collective of a fixed size, so that every rank checks
-    that slice shapes, dtypes, momentum, `initial` and grad mode agree and raises
+    that slice shapes, frame axes, dtypes, momentum, `initial` and grad mode agree and raises
     the same ValueError (naming what each rank has) before any message whose size
     depends on them.
 
