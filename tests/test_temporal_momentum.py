@@ -245,6 +245,25 @@ def test_momentum_zero_is_identity_and_one_repeats_frame_zero(dtype, m_kind):
     assert torch.equal(tm(x, zero, 0, initial), x)
 
 
+@pytest.mark.parametrize("shape,dim", [((5000, 2), 0), ((2, 5000), 1), ((3, 4100, 2), 1), ((16, 40), 0)])
+@pytest.mark.parametrize("with_initial", [False, True])
+def test_momentum_one_repeats_a_negative_zero_bit_for_bit(shape, dim, with_initial):
+    # Lanes of momentum 1 repeat frame 0 (or initial) bit for bit, -0.0 included, also where long
+    # sequences are composed from chunks (their runs start from -0.0, the exact additive identity;
+    # +0.0 turned -0.0 into +0.0).
+    gen = torch.Generator().manual_seed(23)
+    x = torch.randn(shape, generator=gen)
+    x.select(dim, 0).fill_(-0.0)
+    slice_shape = [s for d, s in enumerate(shape) if d != dim]
+    initial = torch.full(slice_shape, -0.0) if with_initial else None
+    m = torch.rand(slice_shape, generator=gen)
+    m.view(-1)[::2] = 1.0
+    for momentum in (1.0, m):
+        y = tm(x, momentum, dim, initial)
+        ones = (torch.as_tensor(momentum) == 1).expand(slice_shape).unsqueeze(dim).expand(shape)
+        assert ones.any() and torch.signbit(y[ones]).all() and (y[ones] == 0).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("shape,dim", [((5, 40), 0), ((40, 5), 1), ((40, 21), 1), ((3, 40, 2), 1)])
 def test_endpoint_lanes_ignore_non_finite_gradients_of_what_they_ignore(dtype, shape, dim):

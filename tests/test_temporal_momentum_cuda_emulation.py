@@ -306,3 +306,6 @@ def test_emulated_momentum_zero_and_one_are_exact(emu, shape, dim, layout, sms, 
         _, _, gi, _ = emu.backward(grad_y0, x, y, m_tensor, m_value, dim, initial, False, sms)
         zero = torch.broadcast_to(torch.as_tensor(momentum), slice_shape) == 0
         assert torch.equal(gi[zero], torch.zeros_like(gi[zero])) and not gi.isnan().any()
+        # a -0.0 initial is repeated bit for bit by lanes of momentum 1, through the scans and carries too
+        y, _ = emu.forward(x, m_tensor, m_value, dim, torch.full(slice_shape, -0.0), sms)
+        assert torch.signbit(y[lanes == 1]).all() and (y[lanes == 1] == 0).all()

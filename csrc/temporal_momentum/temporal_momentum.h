@@ -128,15 +128,23 @@ VIDMEM_HD acc_t initial_grad(acc_t m, acc_t a) {
   return m == acc_t(0) ? acc_t(0) : m * a;
 }
 
+// The state that composing runs of frames starts from: -0.0, the exact additive identity
+// (x + -0.0 == x bit for bit for every x; +0.0 would turn a -0.0 into +0.0, and a momentum-1
+// lane whose frame 0 or initial is -0.0 must repeat it bit for bit).
+template <typename acc_t>
+VIDMEM_HD constexpr acc_t zero_state() {
+  return -acc_t(0);
+}
+
 // The map of one forward step (ema_step as a pair); for m = 1 the value is exactly 0, not 0 * x.
 template <typename acc_t>
 VIDMEM_HD ScanPair<acc_t> ema_pair(acc_t m, acc_t one_minus_m, acc_t x) {
-  return ScanPair<acc_t>{m, m == acc_t(1) ? acc_t(0) : one_minus_m * x};
+  return ScanPair<acc_t>{m, m == acc_t(1) ? zero_state<acc_t>() : one_minus_m * x};
 }
 
 template <typename acc_t>
 VIDMEM_HD ScanPair<acc_t> scan_identity() {
-  return ScanPair<acc_t>{acc_t(1), acc_t(0)};
+  return ScanPair<acc_t>{acc_t(1), zero_state<acc_t>()};
 }
 
 // decay * state, where decay stands for n steps' momenta multiplied (m^n for a constant m). Over
@@ -198,8 +206,8 @@ VIDMEM_HD int64_t chunk_length(int64_t frames, int64_t chunk_len, int64_t chunk)
   return end - begin;
 }
 
-// Forward state entering `chunk`. `start` is the initial state (0 without one, where chunk 0
-// resets at frame 0 and so ignores it).
+// Forward state entering `chunk`. `start` is the initial state (zero_state without one, where
+// chunk 0 resets at frame 0 and so ignores it).
 template <typename acc_t>
 VIDMEM_HD acc_t forward_chunk_carry(const acc_t* aggregates, int64_t lanes, int64_t lane, int64_t chunk,
                                     int64_t chunk_len, acc_t m, acc_t start, bool reset_at_frame0) {

@@ -215,11 +215,11 @@ void forward_cpu(const Layout& layout, const scalar_t* x, scalar_t* y, const acc
       const scalar_t* init = initial ? initial + lane_offset(layout, kInitial, b.coords) : nullptr;
       const int64_t is = inner_stride(layout, kInitial);
       if (q > 0 || !reset) {  // else the kernel sets the state from frame 0
-        std::fill(state.begin(), state.begin() + b.count + kMaxVectorLanes, acc_t(0));
+        std::fill(state.begin(), state.begin() + b.count + kMaxVectorLanes, zero_state<acc_t>());
       }
       if (kStore && (init != nullptr || q > 0)) {  // else a zero start (frame 0 resets anyway)
         for (int64_t j = 0; j < b.count; ++j) {
-          const acc_t start = init ? static_cast<acc_t>(init[j * is]) : acc_t(0);
+          const acc_t start = init ? static_cast<acc_t>(init[j * is]) : zero_state<acc_t>();
           state[j] = q == 0 ? start
                             : forward_chunk_carry(aggregates.data(), lanes, b.lane + j, q, grid.chunk_len, mbuf[j],
                                                   start, reset);

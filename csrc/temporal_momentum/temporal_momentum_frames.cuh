@@ -38,9 +38,9 @@ __global__ void __launch_bounds__(kThreads) forward_frames_kernel(const ForwardP
     const acc_t one_minus_m = acc_t(1) - m;
     const int64_t t_begin = q * p.plan.chunk_len;
     const int64_t t_end = t_begin + p.plan.chunk_len < lay.frames ? t_begin + p.plan.chunk_len : lay.frames;
-    acc_t carry = acc_t(0);
+    acc_t carry = zero_state<acc_t>();
     if (!kAggregate) {
-      const acc_t start = reset ? acc_t(0) : to_acc(typed<scalar_t>(p.initial)[lane_offset(lay, kInitial, c)]);
+      const acc_t start = reset ? zero_state<acc_t>() : to_acc(typed<scalar_t>(p.initial)[lane_offset(lay, kInitial, c)]);
       carry = q == 0 ? start
                      : forward_chunk_carry(typed<acc_t>(p.workspace), lay.lanes, lane, q, p.plan.chunk_len, m,
                                            start, reset);

@@ -51,13 +51,13 @@ __global__ void __launch_bounds__(kThreads) forward_lanes_kernel(const ForwardPa
 
     if (kAggregate) {
 #pragma unroll
-      for (int v = 0; v < V; ++v) carry[v] = acc_t(0);
+      for (int v = 0; v < V; ++v) carry[v] = zero_state<acc_t>();
     } else {
       const scalar_t* il = reset ? nullptr : typed<scalar_t>(p.initial) + lane_offset(lay, kInitial, c);
       const int64_t is = inner_stride(lay, kInitial);
 #pragma unroll
       for (int v = 0; v < V; ++v) {
-        const acc_t start = reset ? acc_t(0) : to_acc(il[v * is]);
+        const acc_t start = reset ? zero_state<acc_t>() : to_acc(il[v * is]);
         carry[v] = q == 0 ? start
                           : forward_chunk_carry(typed<acc_t>(p.workspace), lay.lanes, lane0 + v, q, p.plan.chunk_len,
                                                 m[v], start, reset);
