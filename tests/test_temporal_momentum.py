@@ -769,8 +769,9 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_gives_the_cpu_bits_on_few_frames(dtype):
     # Few frames and lanes take the CUDA lanes kernel, which steps frame by frame as the CPU does: with
-    # nvcc's contraction off (-fmad=false) the bits are the CPU's, NaN encodings of the half types
-    # included (CUDA's own conversions would give 0x7FFF).
+    # nvcc's contraction off (-fmad=false) the bits are the CPU's, and the NaNs are where the CPU's are.
+    # Their encodings may differ: NVIDIA's fp32 arithmetic gives a canonical NaN, where x86 passes the
+    # NaN operand's sign and payload on (bf16 writes 0x7FC0 on both).
     gen = torch.Generator().manual_seed(21)
     x = torch.randn(6, 4, 16, generator=gen, dtype=torch.float64).to(dtype)
     x[2, 0, :4] = float("nan")
@@ -780,7 +781,11 @@ def test_cuda_gives_the_cpu_bits_on_few_frames(dtype):
     for momentum in (m, 0.7):
         y_cpu = tm(x, momentum, 0)
         y_cuda = tm(x.cuda(), momentum.cuda() if isinstance(momentum, torch.Tensor) else momentum, 0).cpu()
-        assert torch.equal(_bits(y_cuda), _bits(y_cpu))
+        nan = y_cpu.isnan()
+        assert nan.any() and torch.equal(y_cuda.isnan(), nan)
+        assert torch.equal(_bits(y_cuda)[~nan], _bits(y_cpu)[~nan])
+        if dtype == torch.bfloat16:
+            assert torch.equal(_bits(y_cuda), _bits(y_cpu))
 
 
 @pytest.mark.cuda
