@@ -19,10 +19,27 @@ from vidmem_ext.bench.timing import alternating, device_name, median_time  # noq
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+def _writable_folder(path: str) -> str:
+    """argparse type of --out: a folder that is, or can be made, writable; checked before the run."""
+    import argparse
+
+    from vidmem_ext.demo_model import check_out_dir
+
+    class _Refuse:
+        def error(self, message):
+            raise argparse.ArgumentTypeError(message)
+
+    check_out_dir(_Refuse(), path)
+    return path
+
+
 def add_out_argument(parser) -> None:
     """--out: where the results go (default benchmarks/results/, the recorded ones; a scratch folder keeps them)."""
     parser.add_argument(
-        "--out", default=RESULTS_DIR, help="folder for the .json and .md results (default: benchmarks/results)"
+        "--out",
+        type=_writable_folder,
+        default=RESULTS_DIR,
+        help="folder for the .json and .md results (default: benchmarks/results)",
     )
 
 

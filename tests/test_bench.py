@@ -85,6 +85,16 @@ def test_a_run_records_its_settings_replaces_a_stale_plot_and_flags_the_referenc
     ours = [r for r in data["rows"] if r["impl"] == "vidmem_ext"]
     assert ours and all(r["note"].startswith("Python reference: no compiled kernels") for r in ours)
     assert data["goals"][0] == "goals of noise not met: measured on the Python reference"
+    assert not any(g.startswith("noise") for g in data["goals"])  # no line judges the reference's timings
+
+
+def test_the_scripts_refuse_a_bad_out_before_running(tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    script = os.path.join(ROOT, "benchmarks", "bench_packer.py")
+    argv = [sys.executable, script, "--quick", "--out", str(not_a_folder)]
+    run = subprocess.run(argv, capture_output=True, text=True)
+    assert run.returncode == 2 and "--out" in run.stderr and "is not a folder" in run.stderr
 
 
 def test_the_command_line_entry_point(tmp_path):

@@ -381,6 +381,14 @@ def _exact_edges_cases(rank, world, group):
     y = vdist.temporal_momentum(x.narrow(0, start, length), -0.0 if rank else 0.0, 0, group)
     ok = torch.equal(y.nan_to_num(), x.narrow(0, start, length).nan_to_num())
     records.append({"kind": "match", "case": "momentum -0.0 and 0.0 agree", "ok": ok, "detail": f"{y.flatten()[:6]}"})
+    # momentum 1 repeats a -0.0 frame 0 or initial with its sign, on every rank
+    signed = x.clone()
+    signed[0] = -0.0
+    for initial in (None, torch.full((2, 3), -0.0, dtype=torch.float64)):
+        y = vdist.temporal_momentum(signed.narrow(0, start, length), 1.0, 0, group, initial=initial)
+        ok = bool((y == 0).all() and torch.signbit(y).all())
+        name = f"momentum 1 keeps -0.0 ({'initial' if initial is not None else 'frame 0'})"
+        records.append({"kind": "match", "case": name, "ok": ok, "detail": f"{y.flatten()[:6]}"})
     for m in (0.0, 1.0, momentum):
         y = vdist.temporal_momentum(x.narrow(0, start, length), m, 0, group)
         want = vidmem_ext.temporal_momentum(x, m, 0).narrow(0, start, length)

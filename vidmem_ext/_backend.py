@@ -103,7 +103,7 @@ def use_kernel(op: str, device: torch.device | str) -> bool:
 
 
 def compiled_for(op: str, device: torch.device | str) -> bool:
-    """Whether the compiled kernels of `op` exist for `device` (as use_kernel, without its warning)."""
+    """Whether the compiled kernels of `op` exist for `device` (cpu or cuda; False for meta, which has none)."""
     device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
     return _AVAILABLE.get((op, device_type), False)
 

@@ -463,7 +463,10 @@ def temporal_momentum(
         # instead of the others hanging until the collective times out.
         device = _header_device(x_local, group)
         headers = torch.empty(world * _HEADER_SLOTS, dtype=torch.int64, device=device)
-        _all_gather(headers, _bad_arguments_header().to(device), group, "header")
+        try:
+            _all_gather(headers, _bad_arguments_header().to(device), group, "header")
+        except Exception as exc:  # e.g. the others wait on another group: still this rank's own error
+            raise bad_arguments from exc
         raise bad_arguments
 
     x = x_local
@@ -487,7 +490,7 @@ def temporal_momentum(
         # z: the block from a zero state, in the accumulation dtype (fp16 and bf16 round once, at the end,
         # as the single-process op does; rounding z first put 20% of the outputs 1 ulp off).
         x_acc = x.to(acc)
-        zero_state = x_acc.new_zeros(slice_shape)
+        zero_state = x_acc.new_full(slice_shape, -0.0)  # the exact additive identity: a carried -0.0 stays -0.0
         scanned = _local_temporal_momentum(x_acc, momentum, dim, initial=zero_state)
         end_state = scanned.select(dim, length - 1)
         first_frame = x_acc.select(dim, 0)

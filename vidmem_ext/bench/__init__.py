@@ -193,8 +193,8 @@ def run(args, parser: argparse.ArgumentParser | None = None) -> int:
                 "block untimed), ratios = median of per-block ratios"
             )
         timing.append(
-            "memory stays mapped (mallopt raised glibc's mmap and trim thresholds; tensors <= 32 MB); "
-            "fresh_x_clone: the same with every allocation mapped fresh"
+            "memory stays mapped (mallopt raised glibc's mmap and trim thresholds; tensors <= 32 MB)"
+            + ("; fresh_x_clone: the same with every allocation mapped fresh" if "momentum" in ops else "")
             if mapped
             else "mallopt unavailable: allocations over the default threshold are mapped fresh"
         )
@@ -233,8 +233,9 @@ def run(args, parser: argparse.ArgumentParser | None = None) -> int:
         if row.get("op") in fallback and row.get("impl") == "vidmem_ext":
             note = "Python reference: no compiled kernels for this device"
             row["note"] = f"{note}; {row['note']}" if row.get("note") else note
-    if fallback:
-        goals = [f"goals of {', '.join(sorted(fallback))} not met: measured on the Python reference", *goals]
+    if fallback:  # their goal lines would judge the reference's timings: replaced by one line that says so
+        goals = [g for g in goals if not g.startswith(tuple(fallback))]
+        goals.insert(0, f"goals of {', '.join(sorted(fallback))} not met: measured on the Python reference")
     print(text_table(rows))
     if goals:
         print("== goals")
