@@ -142,6 +142,16 @@ def test_text_numbers_are_bounded_so_tables_always_print():
         parse_latent(f"4x{too_big}")
 
 
+def test_tables_print_numbers_past_pythons_digit_limit():
+    # budget_table is public: numbers past what Python prints (4300 digits) appear as powers of two,
+    # instead of Python's "Exceeds the limit" error, which names nothing
+    table = budget_table([MemoryTerm(10**2000, 1, 1, 1)], 2**16000, 2**16000)
+    assert table.splitlines()[0] == "latent 2**16000x2**16000"
+    assert f"{10**2000}:1:1:1" in table  # 2001 digits: printable, so in full
+    tokens = 10**2000 * 2**32000
+    assert f"about 2**{tokens.bit_length() - 1}" in table.splitlines()[-1]
+
+
 def test_import_does_not_import_torch():
     code = (
         "import sys, vidmem_ext.token_budget as tb; "

@@ -33,10 +33,10 @@ def acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def int_text(value: int) -> str:
-    """value in decimal, or, when longer than about 1200 digits (Python prints at most 4300), as the power
-    of two it is or is just above."""
-    if value.bit_length() <= 4096:  # 1234 digits at most
+def int_text(value: int, max_digits: int = 1200) -> str:
+    """value in decimal, or, when it may have more than max_digits digits (Python prints at most
+    sys.get_int_max_str_digits(), 4300 by default), as the power of two it is or is just above."""
+    if value.bit_length() * 0.30103 < max_digits - 1:  # log10(2): digits, conservatively
         return str(value)
     k = abs(value).bit_length() - 1
     sign = "-" if value < 0 else ""

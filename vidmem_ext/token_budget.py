@@ -11,10 +11,12 @@ only: importing it does not import torch.
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ._checks import check_int
+from ._checks import check_int, int_text
 
 __all__ = [
     "MemoryTerm",
@@ -175,13 +177,17 @@ def budget_table(terms, latent_h: int, latent_w: int) -> str:
     """A plain-text table of each term's token grid, tokens and share of the total."""
     result = multi_term_memory_patchification(terms, latent_h, latent_w)
     rows = [("term", "frames:t:s:patch", "token grid (t x h x w)", "tokens", "fraction")]
+    # numbers too long for Python to print appear as powers of two, every other one in full
+    limit = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+    number = functools.partial(int_text, max_digits=limit or 10**12)
     for i, (term, n, frac) in enumerate(zip(terms, result["tokens_per_term"], result["token_fractions"])):
-        frames, t_stride, s_stride, patch = validate_term(term, f"terms[{i}]")
-        t, h, w = term_grid(term, latent_h, latent_w)
-        rows.append((str(i), f"{frames}:{t_stride}:{s_stride}:{patch}", f"{t} x {h} x {w}", str(n), f"{frac:.4f}"))
-    rows.append(("total", "", "", str(result["total_tokens"]), "1.0000" if result["total_tokens"] else "0.0000"))
+        frames, t_stride, s_stride, patch = map(number, validate_term(term, f"terms[{i}]"))
+        t, h, w = map(number, term_grid(term, latent_h, latent_w))
+        rows.append((str(i), f"{frames}:{t_stride}:{s_stride}:{patch}", f"{t} x {h} x {w}", number(n), f"{frac:.4f}"))
+    total = result["total_tokens"]
+    rows.append(("total", "", "", number(total), "1.0000" if total else "0.0000"))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    lines = [f"latent {latent_h}x{latent_w}"]
+    lines = [f"latent {number(check_int(latent_h, 'latent_h'))}x{number(check_int(latent_w, 'latent_w'))}"]
     for j, row in enumerate(rows):
         lines.append(
             "  ".join(
