@@ -84,9 +84,9 @@ _AVAILABLE = _kernels_available()
 
 def use_kernel(op: str, device: torch.device | str) -> bool:
     """True when the compiled kernels of `op` exist for `device`; otherwise warn once and return False."""
-    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
-    if _AVAILABLE.get((op, device_type), False):
+    if compiled_for(op, device):
         return True
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
     if device_type == "meta":  # shapes only: the fake kernels (or the reference) serve it; nothing is slow, no warning
         return _C is not None
     tag = f"{op}:{device_type}"

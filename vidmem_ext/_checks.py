@@ -108,6 +108,16 @@ def check_tensor(value, name: str):
     return check_strided(value, name)
 
 
+def check_device(device, name: str = "device"):
+    """device as a torch.device (None stays None); ValueError naming the argument otherwise."""
+    import torch
+
+    try:
+        return torch.device(device) if device is not None else None
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{name} must name a torch device, got {device!r} ({exc})") from None
+
+
 def check_strided(value, name: str):
     """A dense (strided) tensor: the kernels and references index memory; sparse layouts are refused by name."""
     import torch

@@ -129,6 +129,7 @@ class _Plan:
         self.slice_shape, self.dtype, self.acc = slice_shape, dtype, acc_dtype(dtype)
         self.m_value, self.has_initial, self.needs_grad = m_value, has_initial, needs_grad
         self.lengths: list[int] = []  # every rank's block length, from the header exchange
+        self.m_zero: torch.Tensor | None = None  # lanes of momentum 0, set before the carry exchange
 
     def header(self) -> torch.Tensor:
         h = torch.zeros(_HEADER_SLOTS, dtype=torch.int64)
@@ -268,8 +269,8 @@ class _NoGradAtZeroMomentum(torch.autograd.Function):
 
 def _zero_momentum(m, m_value: float, acc: torch.dtype, device) -> torch.Tensor:
     """Where momentum, rounded to the accumulation dtype as the kernels read it, is exactly 0: per lane
-    for a tensor m (lane-shaped), else one flag."""
-    return (m.to(acc) == 0) if m is not None else (torch.tensor(m_value, dtype=acc, device=device) == 0)
+    for a tensor m (lane-shaped), else one flag (m_value is already rounded)."""
+    return (m.to(acc) == 0) if m is not None else torch.tensor(m_value == 0, device=device)
 
 
 class _CarryExchange(torch.autograd.Function):
@@ -297,7 +298,7 @@ class _CarryExchange(torch.autograd.Function):
         def decay(q):  # D_q = m^(L_q), per lane or a float
             return plan.m_value ** lengths[q] if m is None else m ** lengths[q]
 
-        m_zero = _zero_momentum(m, plan.m_value, acc, device)
+        m_zero = plan.m_zero
         if plan.has_initial:
             carry = initial.detach().to(acc)
         elif first_rank is not None:
@@ -311,7 +312,7 @@ class _CarryExchange(torch.autograd.Function):
             carries_before[q] = carry
             carry = _times_decay(decay(q), carry, m_zero) + ends[q]
 
-        ctx.plan, ctx.lengths, ctx.first_rank, ctx.m_zero = plan, lengths, first_rank, m_zero
+        ctx.plan, ctx.lengths, ctx.first_rank = plan, lengths, first_rank
         ctx.carries_before = carries_before if (m_tensor is not None and m_tensor.requires_grad) else None
         ctx.save_for_backward(m_tensor)
         ctx.m = m
@@ -342,7 +343,7 @@ class _CarryExchange(torch.autograd.Function):
         grads_in = gathered.view(world, *slice_shape)
 
         # dL/de_r = sum over later ranks r' of h_r' * prod_(r < p < r') D_p (a reverse fold; empty ranks are identity).
-        m_zero = ctx.m_zero
+        m_zero = plan.m_zero
         grad_end = torch.zeros(slice_shape, dtype=acc, device=h.device)
         for q in range(world - 1, rank, -1):
             if lengths[q] > 0:
@@ -498,6 +499,10 @@ def temporal_momentum(
         scanned = x.to(acc)
         end_state = first_frame = torch.zeros(slice_shape, dtype=acc, device=x.device)
 
+    # lanes of momentum exactly 0 (or the one flag of a float momentum), for the exchange and the output
+    plan.m_zero = _zero_momentum(
+        None if m_tensor is None else _lane_shape(m_tensor.detach(), len(slice_shape)), m_value, acc, x.device
+    )
     carry = _CarryExchange.apply(end_state, first_frame, m_tensor, initial, x, plan)
 
     # y_t = z_t + m^(t+1) * carry, per lane; the exponents run along dim.
@@ -508,9 +513,7 @@ def temporal_momentum(
         weights = torch.pow(m_value, exponents)
     else:
         weights = torch.pow(_lane_shape(m_tensor.to(acc), len(slice_shape)).unsqueeze(dim), exponents)
-    m_zero = _zero_momentum(
-        None if m_tensor is None else _lane_shape(m_tensor.detach(), len(slice_shape)), m_value, acc, x.device
-    )
+    m_zero = plan.m_zero
     zero_lanes = m_zero.unsqueeze(dim) if m_zero.dim() else m_zero
     # weights that underflowed keep an infinite carry infinite (and its gradient); lanes of momentum 0
     # pass the carry no gradient (0 * an infinite gradient would be NaN).

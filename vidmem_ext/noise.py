@@ -37,6 +37,25 @@ def _check_lambda(lambda_i) -> float:
     return _checks.check_real(lambda_i, "lambda_i", minimum=0.0, maximum=MAX_LAMBDA_I)
 
 
+def _check_search(lambda_i, random_search_times, linear_search_times) -> tuple[float, int, int]:
+    """The search's target and counts, within their bounds (docs/errors.md)."""
+    return (
+        _check_lambda(lambda_i),
+        _checks.check_int(random_search_times, "random_search_times", minimum=1, maximum=MAX_RANDOM_SEARCH_TIMES),
+        _checks.check_int(linear_search_times, "linear_search_times", minimum=0, maximum=MAX_LINEAR_SEARCH_TIMES),
+    )
+
+
+def _check_frame_dim(frame_dim, ndim: int, subject: str) -> int:
+    """frame_dim as an axis in [1, ndim) of `subject` (the noise's shape, or the fill op's out)."""
+    frame_dim = _checks.check_int(frame_dim, "frame_dim")
+    if not -ndim <= frame_dim < ndim:
+        raise IndexError(f"frame_dim {frame_dim} is out of range for {subject} with {ndim} dimensions")
+    if frame_dim % ndim == 0:
+        raise ValueError(f"frame_dim must index a non-batch axis of {subject} (1..{ndim - 1}), got {frame_dim}")
+    return frame_dim % ndim
+
+
 def _as_int64(value: int) -> int:
     """The 64-bit pattern of value as a signed int64 (the op schema's int); the kernels read it unsigned."""
     value &= (1 << 64) - 1
@@ -105,21 +124,10 @@ def dependency_noise(
         raise TypeError(f"shape must be a list or tuple of ints, got {type(shape).__name__}")
     if len(shape) < 2:
         raise ValueError(f"shape must have at least 2 dims (batch and frames), got {shape}")
-    lambda_i = _check_lambda(lambda_i)
-    random_search_times = _checks.check_int(
-        random_search_times, "random_search_times", minimum=1, maximum=MAX_RANDOM_SEARCH_TIMES
+    lambda_i, random_search_times, linear_search_times = _check_search(
+        lambda_i, random_search_times, linear_search_times
     )
-    linear_search_times = _checks.check_int(
-        linear_search_times, "linear_search_times", minimum=0, maximum=MAX_LINEAR_SEARCH_TIMES
-    )
-    frame_dim = _checks.check_int(frame_dim, "frame_dim")
-    if not -len(shape) <= frame_dim < len(shape):
-        raise IndexError(f"frame_dim {frame_dim} is out of range for a shape with {len(shape)} dimensions")
-    if frame_dim % len(shape) == 0:
-        raise ValueError(
-            f"frame_dim must index a non-batch axis of a {len(shape)}-dim shape (1..{len(shape) - 1}), got {frame_dim}"
-        )
-    frame_dim %= len(shape)
+    frame_dim = _check_frame_dim(frame_dim, len(shape), "a shape")
     if seed is not None:
         if generator is not None:
             raise ValueError("seed: pass either generator or seed, not both")
@@ -129,14 +137,9 @@ def dependency_noise(
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if dtype not in _checks.float_dtypes():
         raise TypeError(f"dtype must be {_checks.FLOAT_DTYPE_NAMES}, got {dtype}")
-    try:
-        device = (
-            torch.device(device)
-            if device is not None
-            else (generator.device if generator is not None else torch.device("cpu"))
-        )
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must name a torch device, got {device!r} ({exc})") from None
+    device = _checks.check_device(device)
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device}: this torch build or machine has no CUDA device")
@@ -220,17 +223,11 @@ def _check_fill_args(out, lambda_i, random_search_times, linear_search_times, fr
     _checks.check_float_tensor(out, "out")
     if out.dim() < 2:
         raise ValueError(f"out must have at least 2 dims (batch and frames), got shape {tuple(out.shape)}")
-    _check_lambda(lambda_i)
-    _checks.check_int(random_search_times, "random_search_times", minimum=1, maximum=MAX_RANDOM_SEARCH_TIMES)
-    _checks.check_int(linear_search_times, "linear_search_times", minimum=0, maximum=MAX_LINEAR_SEARCH_TIMES)
-    frame_dim = _checks.check_int(frame_dim, "frame_dim")
-    if not -out.dim() <= frame_dim < out.dim():
-        raise IndexError(f"frame_dim {frame_dim} is out of range for out with {out.dim()} dimensions")
-    if frame_dim % out.dim() == 0:
-        raise ValueError(f"frame_dim must index a non-batch axis of out (1..{out.dim() - 1}), got {frame_dim}")
+    _check_search(lambda_i, random_search_times, linear_search_times)
+    frame_dim = _check_frame_dim(frame_dim, out.dim(), "out")
     if torch._debug_has_internal_overlap(out) == 1:  # 1: elements certainly share memory (an expanded view)
         raise ValueError("out has elements that share memory (an expanded view); pass a tensor of its own")
-    return frame_dim % out.dim()
+    return frame_dim
 
 
 def dependency_noise_step(prev: torch.Tensor, candidates: torch.Tensor, lambda_i: float, linear_search_times: int = 15):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd import forward_ad as _forward_ad
 
-from ._checks import check_int, check_strided, int_text
+from ._checks import check_device, check_int, check_strided, int_text
 from .token_budget import MemoryTerm, check_latent, multi_term_memory_patchification, term_grid, validate_term
 
 __all__ = ["MultiTermMemoryPacker", "plan_memory_terms", "memory_term_kernel", "memory_token_positions"]
@@ -37,13 +37,6 @@ def memory_term_kernel(term: MemoryTerm) -> tuple[int, int, int]:
 
 
 _MAX_ELEMENTS = 2**62  # no tensor this many elements can be allocated; bigger sizes fail inside torch unnamed
-
-
-def _check_device(device) -> torch.device | None:
-    try:
-        return torch.device(device) if device is not None else None
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must name a torch device, got {device!r} ({exc})") from None
 
 
 def _as_terms(terms) -> tuple[MemoryTerm, ...]:
@@ -87,7 +80,7 @@ def memory_token_positions(
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         # an integer dtype would drop the half-pixel centres; a string would be read as a device
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    device = _check_device(device)
+    device = check_device(device)
     total = sum(math.prod(_term_grid(term, h, w, framepack_compatible)) for term in terms)
     if 3 * total >= _MAX_ELEMENTS:
         raise ValueError(f"latent_h x latent_w = {h}x{w} gives {total} tokens: more than a tensor can hold")
@@ -202,7 +195,7 @@ class MultiTermMemoryPacker(nn.Module):
                 raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
         if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
             raise TypeError(f"dtype must be None or a floating torch.dtype, got {dtype!r}")
-        device = _check_device(device)
+        device = check_device(device)
         self.framepack_compatible = framepack_compatible
         self.terms = _as_terms(terms)
         self.in_channels = _check_positive(in_channels, "in_channels")
@@ -392,14 +385,15 @@ class MultiTermMemoryPacker(nn.Module):
         needs_graph = torch.is_grad_enabled() and (
             history.requires_grad or any(p.requires_grad for p in self.parameters())
         )
+        plain = [
+            _is_plain_conv3d(proj, memory_term_kernel(term), self.in_channels, self.embed_dim)
+            for term, proj in zip(self.terms, self.projections)
+        ]
         direct = (
             not needs_graph
             and not torch.is_autocast_enabled(history.device.type)
             and not _under_transform()
-            and all(
-                _is_plain_conv3d(proj, memory_term_kernel(term), self.in_channels, self.embed_dim)
-                for term, proj in zip(self.terms, self.projections)
-            )
+            and all(plain)
         )
         tokens = history.new_empty(batch, sum(counts), self.embed_dim) if direct else None
         pieces = []
@@ -410,20 +404,21 @@ class MultiTermMemoryPacker(nn.Module):
             if count == 0:  # no frames or an empty latent: nothing to pad or embed
                 continue
             out = tokens.narrow(1, first_token, count) if direct else None
-            pieces.append(self._embed_term(index, frames, count, out))
+            pieces.append(self._embed_term(index, frames, count, out, plain[index]))
             first_token += count
         if not direct:
             tokens = torch.cat(pieces, dim=1) if pieces else history.new_empty(batch, 0, self.embed_dim)
         return tokens, self.positions(height, width, device=history.device)
 
-    def _embed_term(self, index: int, frames: torch.Tensor, count: int, out: torch.Tensor | None):
-        """(B, count, embed_dim) tokens of term `index` from its frames, written into `out` when given."""
+    def _embed_term(self, index: int, frames: torch.Tensor, count: int, out: torch.Tensor | None, plain: bool):
+        """(B, count, embed_dim) tokens of term `index` from its frames, written into `out` when given;
+        `plain`: its projection is a plain Conv3d of the packer's shapes (one matrix product), else it is called."""
         term, proj = self.terms[index], self.projections[index]
         kernel = memory_term_kernel(term)
         if _floors(term, self.framepack_compatible):  # FramePack's unpadded 1x Conv3d: drop the remainder
             _, kh, kw = kernel
             frames = frames[..., : frames.shape[3] // kh * kh, : frames.shape[4] // kw * kw]
-        if not _is_plain_conv3d(proj, kernel, self.in_channels, self.embed_dim):
+        if not plain:
             # e.g. a LoRA wrapper or a hooked module: run its own forward
             try:
                 embedded = proj(_pad_to_kernel(frames, kernel))

@@ -187,7 +187,7 @@ def budget_table(terms, latent_h: int, latent_w: int) -> str:
     total = result["total_tokens"]
     rows.append(("total", "", "", number(total), "1.0000" if total else "0.0000"))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    lines = [f"latent {number(check_int(latent_h, 'latent_h'))}x{number(check_int(latent_w, 'latent_w'))}"]
+    lines = ["latent {}x{}".format(*map(number, check_latent(latent_h, latent_w)))]
     for j, row in enumerate(rows):
         lines.append(
             "  ".join(

@@ -20,9 +20,9 @@ DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp64":
 # Bounds that keep a typo from running for hours (a full CPU run takes minutes; 5 runs are what the
 # records use) or asking torch for absurd thread counts.
 MAX_RUNS = 100
+MAX_THREADS = 1024
 # The compiled op each benchmarked op runs (the packer is plain PyTorch).
 _KERNEL_OF_OP = {"momentum": "temporal_momentum", "attention": "temporal_momentum", "noise": "dependency_noise"}
-MAX_THREADS = 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -44,13 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser):
 def parse_dtypes(text: str | None):
     import torch
 
+    from .._checks import float_dtypes
+
     if not text:
         return None
     out = []
     for name in text.split(","):
         full = DTYPE_NAMES.get(name.strip(), name.strip())
         dtype = getattr(torch, full, None)
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        if dtype not in float_dtypes():
             raise ValueError(f"--dtypes: unknown floating dtype {name!r} (use fp32, bf16, fp16, fp64)")
         out.append(dtype)
     return out
